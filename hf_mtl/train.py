@@ -232,9 +232,11 @@ def main(argv=None):
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    logging.getLogger("hf_mtl").setLevel(log_level)
     transformers.utils.logging.set_verbosity(log_level)
+    # Our own summary and warnings show on the main process even at transformers' default ("passive") level.
+    if training_args.log_level == "passive":
+        log_level = logging.INFO if training_args.should_log else logging.WARNING
+    logging.getLogger("hf_mtl").setLevel(log_level)
     set_seed(training_args.seed)
 
     # ---- data ----------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import logging
 import os
 
 from torch import nn
+from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
 from .errors import ConfigError
@@ -166,6 +167,13 @@ class MultiTaskTrainer(Trainer):
             optimizer_kwargs.pop("lr", None)  # every group carries its own
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def _get_eval_sampler(self, eval_dataset):
+        # Metrics pair prediction i with row i of the data set (its word-level gold), so evaluation keeps the data
+        # set's order even when training groups by length.
+        if eval_dataset is None or self.args.world_size > 1:
+            return None
+        return SequentialSampler(eval_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)

@@ -1,0 +1,110 @@
+"""Crash and resume (SIGKILL, damaged checkpoint) and multi-process DDP on CPU, each in real subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from train_fixtures import joint_config, save_tiny_encoder, weights, write_joint_data
+
+# Runs the real entry point, but SIGKILLs the process right after it has written the checkpoint of `kill_step`.
+KILLED_RUN = """
+import os, signal, sys
+from transformers import Trainer
+original_save = Trainer._save_checkpoint
+def save_then_die(self, *args, **kwargs):
+    original_save(self, *args, **kwargs)
+    if self.state.global_step >= int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+Trainer._save_checkpoint = save_then_die
+from hf_mtl.train import cli_main
+cli_main(sys.argv[1:])
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("resume")
+    encoder = save_tiny_encoder(root / "encoder", tokenizer)
+    data = write_joint_data(root / "data")
+    return root, encoder, data
+
+
+def run(args, env_extra=None, timeout=300):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
+
+
+def write_config(root, name, config):
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def resume_config(encoder, data, output):
+    # hidden dropout stays on: an exact match then also proves that the RNG state was restored
+    return joint_config(encoder, data, output, max_steps=6, save_strategy="steps", save_steps=2, do_eval=False,
+                        do_predict=False, learning_rate=5e-3)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    root, encoder, data = setup
+    output = root / "uninterrupted"
+    result = run([sys.executable, "run_mtl.py", write_config(root, "plain", resume_config(encoder, data, output))])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return weights(output)
+
+
+@pytest.mark.parametrize("kill_step, damage_newest", [(2, False), (4, True)])
+def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_step, damage_newest):
+    root, encoder, data = setup
+    output = root / f"killed_{kill_step}"
+    config_path = write_config(root, f"killed_{kill_step}", resume_config(encoder, data, output))
+
+    killed = run([sys.executable, "-c", KILLED_RUN, config_path], {"KILL_AT_STEP": str(kill_step)})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (output / f"checkpoint-{kill_step}" / "trainer_state.json").is_file()
+    assert not (output / "model.safetensors").exists()
+    if damage_newest:  # as if killed while writing it
+        newest = output / f"checkpoint-{kill_step}" / "model.safetensors"
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    resumed = run([sys.executable, "run_mtl.py", config_path, "--resume_from_checkpoint", "true"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    if damage_newest:
+        assert f"skipping damaged checkpoint {output / f'checkpoint-{kill_step}'}" in log
+    final = weights(output)
+    assert final.keys() == uninterrupted.keys()
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(tensor, final[name]), name
+
+
+def test_two_process_ddp_on_cpu(setup):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: two gloo ranks; same per-device batch halves the
+    steps, same global batch ends at the same metrics (within 0.5 points) as one process."""
+    root, encoder, data = setup
+    runs = {}
+    for processes, batch_size in ((1, 8), (2, 8), (2, 4)):
+        output = root / f"ddp_{processes}x{batch_size}"
+        config = joint_config(encoder, data, output, max_steps=-1, num_train_epochs=8, save_strategy="no",
+                              per_device_train_batch_size=batch_size, learning_rate=5e-3, do_predict=False,
+                              ddp_timeout=120, logging_steps=5)
+        path = write_config(root, f"ddp_{processes}x{batch_size}", config)
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no", "--num_processes", str(processes)]
+        if processes == 2:
+            launcher.append("--multi_gpu")
+        result = run(launcher + ["run_mtl.py", path], timeout=400)
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert f"world size {processes}" in result.stdout + result.stderr
+        state = json.loads((output / "trainer_state.json").read_text())
+        runs[processes, batch_size] = (state["global_step"], json.loads((output / "eval_results.json").read_text()))
+
+    assert runs[1, 8][0] == 48 and runs[2, 8][0] == 24 and runs[2, 4][0] == 48
+    for key in ("eval_topic_accuracy", "eval_ner_f1"):
+        assert abs(runs[1, 8][1][key] - runs[2, 4][1][key]) <= 0.005, (key, runs)
