@@ -23,6 +23,7 @@ from .training import (
     GradualUnfreezingCallback,
     MultiTaskTrainer,
     apply_freezing,
+    encoder_layers,
     last_complete_checkpoint,
     parameter_summary,
 )
@@ -289,6 +290,10 @@ def main(argv=None):
         if unknown or "start_frozen_layers" not in schedule:
             raise ConfigError(f"unfreeze_schedule: needs start_frozen_layers and one of unfreeze_every_steps/_epochs; "
                               f"unknown keys {sorted(unknown)}")
+        num_layers = len(encoder_layers(model.encoder))
+        if not 0 < schedule["start_frozen_layers"] <= num_layers:
+            raise ConfigError(f"unfreeze_schedule.start_frozen_layers: {schedule['start_frozen_layers']} is outside "
+                              f"1..{num_layers} (the encoder has {num_layers} layers)")
         callbacks.append(GradualUnfreezingCallback(**schedule))
 
     logger.info("\n".join(

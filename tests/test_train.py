@@ -169,3 +169,28 @@ def test_command_line_overrides_the_json_and_unknown_keys_are_named(tmp_path, en
     path.write_text('{\n  "model_name_or_path": "x",\n  "tasks": [,]\n}')
     with pytest.raises(ConfigError, match=r"config.json:3:\d+"):
         parse_arguments([str(path)])
+
+
+def test_adding_a_task_to_a_trained_model_reuses_heads(tmp_path, trained_start, data_dir):
+    before = weights(trained_start)
+    config = joint_config(trained_start, data_dir, tmp_path / "out", freeze_encoder=True, freeze_heads=["topic", "ner"],
+                          do_eval=False, do_predict=False)
+    config["tasks"].append({"name": "topic_again", "type": "sequence_classification", "dataset": "demo",
+                            "label_column": "topic"})
+    run_config(config, tmp_path)
+    after = weights(tmp_path / "out")
+    for name, tensor in before.items():  # encoder and the reused heads are exactly the trained ones
+        assert torch.equal(tensor, after[name]), name
+    assert after["heads.topic_again.classifier.weight"].shape == (4, 32)
+    assert AutoModel.from_pretrained(tmp_path / "out").config.task_names == ["topic", "ner", "topic_again"]
+
+
+def test_reused_head_with_other_labels_needs_reinit_head(tmp_path, trained_start, data_dir):
+    config = joint_config(trained_start, data_dir, tmp_path / "out", do_eval=False, do_predict=False)
+    config["tasks"][0]["labels"] = ["politics", "sports", "business", "technology"]
+    with pytest.raises(ConfigError, match=r"tasks\[0\].labels.*reinit_head"):
+        run_config(config, tmp_path)
+    config["tasks"][0]["reinit_head"] = True
+    run_config(config, tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path / "out")
+    assert reloaded.config.get_task("topic")["labels"] == ["politics", "sports", "business", "technology"]
