@@ -242,15 +242,18 @@ def main(argv=None):
 
     # ---- data ----------------------------------------------------------------------------------------------------
     model_path = resolve_model_path(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    encoder_config = AutoConfig.from_pretrained(model_path)
+    encoder_config = getattr(encoder_config, "encoder", encoder_config)  # an hf_mtl folder nests its encoder's config
+    # Byte-level BPE tokenizers need a prefix space to take pre-split words (as in run_ner.py).
+    prefix_space = {"add_prefix_space": True} if encoder_config.model_type in {"roberta", "deberta", "gpt2", "bloom"} else {}
+    tokenizer = AutoTokenizer.from_pretrained(model_path, **prefix_space)
     from .data import TaskSpec
 
     tasks = [task if isinstance(task, TaskSpec) else TaskSpec.from_dict(task, index) for index, task in enumerate(data_args.tasks)]
     previous_tasks = existing_tasks(model_path)
     if previous_tasks is not None:
         check_reused_heads(tasks, previous_tasks)
-    encoder_config = AutoConfig.from_pretrained(model_path)
-    max_positions = getattr(getattr(encoder_config, "encoder", encoder_config), "max_position_embeddings", None)
+    max_positions = getattr(encoder_config, "max_position_embeddings", None)
     if max_positions is not None and data_args.max_seq_length > max_positions:
         raise ConfigError(f"max_seq_length: {data_args.max_seq_length} is above the encoder's limit of {max_positions}")
 
