@@ -18,7 +18,13 @@ from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, TrainingAr
 from .configuration_mtl import MultiTaskConfig
 from .data import MultiTaskCollator, prepare_datasets
 from .errors import ConfigError, HfMtlError
+from .evaluation import build_compute_metrics, decode_predictions, preprocess_logits_for_metrics
+from .hub import push_folder_to_hub
+from .model_card import write_model_card
 from .modeling_mtl import MultiTaskModel
+from .pipeline_mtl import add_pipeline_to_folder
+from .plots import write_plots
+from .reports import write_predictions_jsonl, write_report
 from .training import (
     GradualUnfreezingCallback,
     MultiTaskTrainer,
@@ -309,8 +315,9 @@ def main(argv=None):
     ))
 
     # ---- Trainer ---------------------------------------------------------------------------------------------------
-    from .evaluation import build_compute_metrics, preprocess_logits_for_metrics
-
+    # We push ourselves at the end: Trainer would create the repo in __init__ and replace our model card with its own.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    hub_model_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
     training_args.label_names = [f"{task.name}_labels" for task in tasks]
     training_args.remove_unused_columns = False  # the collator drops what the model does not take
     trainer = MultiTaskTrainer(
@@ -349,29 +356,69 @@ def main(argv=None):
         if os.path.exists(pickled_args):
             os.remove(pickled_args)
 
-    if training_args.do_eval:
-        metrics = trainer.evaluate(metric_key_prefix="eval")
-        metrics["eval_samples"] = len(eval_dataset)
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        results.update(metrics)
-
-    if training_args.do_predict:
-        trainer.compute_metrics = build_compute_metrics(tasks, test_dataset)
-        prediction = trainer.predict(test_dataset, metric_key_prefix="test")
+    decoded = {}
+    for split, dataset, wanted in (("eval", eval_dataset, training_args.do_eval), ("test", test_dataset, training_args.do_predict)):
+        if not wanted:
+            continue
+        trainer.compute_metrics = build_compute_metrics(tasks, dataset)
+        prediction = trainer.predict(dataset, metric_key_prefix=split)
         metrics = prediction.metrics
-        metrics["test_samples"] = len(test_dataset)
-        trainer.log_metrics("test", metrics)
-        trainer.save_metrics("test", metrics)
+        metrics[f"{split}_samples"] = len(dataset)
+        trainer.log_metrics(split, metrics)
+        trainer.save_metrics(split, metrics)
         results.update(metrics)
-        if trainer.is_world_process_zero():
-            from .evaluation import decode_predictions
-            from .reports import write_predictions_jsonl
+        decoded[split] = decode_predictions(tasks, prediction.predictions, dataset)
 
-            decoded = decode_predictions(tasks, prediction.predictions, test_dataset)
-            write_predictions_jsonl(os.path.join(training_args.output_dir, "test_predictions.jsonl"), decoded)
-        print_test_metrics(metrics, tasks)
+    if trainer.is_world_process_zero():
+        write_run_outputs(training_args.output_dir, tasks, decoded, trainer.state.log_history)
+        add_pipeline_to_folder(training_args.output_dir)
+        write_model_card(
+            training_args.output_dir, config=model.config, base_model=model_args.model_name_or_path,
+            datasets=data_args.datasets, training_settings=training_settings(model_args, data_args, training_args),
+            eval_metrics=results if "eval" in decoded else None, test_metrics=results if "test" in decoded else None,
+            hub_model_id=hub_model_id, task_datasets={task.name: task.dataset for task in tasks},
+        )
+        if push_to_hub:
+            push_folder_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo,
+                               token=training_args.hub_token)
+    if "test" in decoded:
+        print_test_metrics(results, tasks)
     return results
+
+
+def write_run_outputs(output_dir, tasks, decoded, log_history):
+    """Reports per evaluated split, test predictions, and the plots (losses, metrics, confusion matrices)."""
+    for split, rows in decoded.items():
+        write_report(os.path.join(output_dir, f"{split}_report.md"), split, tasks, rows)
+    if "test" in decoded:
+        write_predictions_jsonl(os.path.join(output_dir, "test_predictions.jsonl"), decoded["test"])
+    split = "test" if "test" in decoded else "eval"
+    write_plots(output_dir, tasks=tasks, decoded=decoded.get(split), split_name=split, log_history=log_history)
+
+
+def training_settings(model_args, data_args, training_args) -> dict:
+    """What the model card reports about how the model was trained."""
+    settings = {
+        "epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else f"{training_args.max_steps} steps",
+        "learning_rate": training_args.learning_rate,
+        "encoder_learning_rate": model_args.encoder_learning_rate,
+        "head_learning_rate": model_args.head_learning_rate,
+        "layerwise_lr_decay": model_args.layerwise_lr_decay,
+        "batch_size": training_args.per_device_train_batch_size * training_args.world_size
+        * training_args.gradient_accumulation_steps,
+        "max_seq_length": data_args.max_seq_length,
+        "task_sampling": data_args.task_sampling if len(data_args.datasets) > 1 else None,
+        "loss_weighting": model_args.loss_weighting,
+        "loss_weights": model_args.loss_weights,
+        "freeze_encoder": model_args.freeze_encoder or None,
+        "freeze_embeddings": model_args.freeze_embeddings or None,
+        "freeze_layers": model_args.freeze_layers or None,
+        "freeze_heads": model_args.freeze_heads,
+        "unfreeze_schedule": model_args.unfreeze_schedule,
+        "bf16": training_args.bf16 or None,
+        "seed": training_args.seed,
+    }
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def print_test_metrics(metrics, tasks):

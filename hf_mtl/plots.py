@@ -1,0 +1,127 @@
+"""PNG plots of a run in `output_dir/plots/`: training loss per task, eval metrics over evaluations, confusion matrices.
+
+Figures are built with `matplotlib.figure.Figure`, not pyplot: no global backend switch or figure registry in the
+caller's process, and `savefig` renders PNGs with Agg on any machine (no display needed).
+"""
+
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from .evaluation import SEQUENCE_CLASSIFICATION, as_task_specs, confusion_matrix
+
+# `eval_<task>_<metric>` keys of the metrics `build_compute_metrics` returns (eval_loss/runtime/... are not metrics).
+EVAL_METRIC_SUFFIXES = ("_accuracy", "_macro_f1", "_precision", "_recall", "_f1")
+
+
+def write_plots(output_dir, tasks=None, decoded=None, split_name: str = "eval", log_history=None) -> list:
+    """
+    Writes every plot there is data for into `output_dir/plots/` and returns their paths.
+
+    Args:
+        log_history: Trainer's log history; defaults to the one in `output_dir/trainer_state.json` (none if absent).
+        tasks, decoded: task specs and `decode_predictions` output of one split, for the confusion matrices.
+        split_name: the split `decoded` comes from, shown in the confusion matrix titles.
+    """
+    output_dir = Path(output_dir)
+    plots_dir = output_dir / "plots"
+    if log_history is None:
+        state_file = output_dir / "trainer_state.json"
+        log_history = json.loads(state_file.read_text(encoding="utf-8"))["log_history"] if state_file.is_file() else []
+    paths = [
+        plot_training_loss(log_history, plots_dir / "training_loss.png"),
+        plot_eval_metrics(log_history, plots_dir / "eval_metrics.png"),
+    ]
+    for task in as_task_specs(tasks or []):
+        if task.type == SEQUENCE_CLASSIFICATION and any(task.name in example for example in decoded or []):
+            path = plots_dir / f"confusion_matrix_{task.name}.png"
+            paths.append(plot_confusion_matrix(task, decoded, path, split_name))
+    return [path for path in paths if path is not None]
+
+
+def _series(log_history: list, key: str) -> tuple:
+    points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
+    return tuple(zip(*points)) if points else ((), ())
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_training_loss(log_history: list, path) -> Path | None:
+    """Total and per-task (`loss_<task>`) training loss over steps, with eval loss dashed; None without training logs."""
+    task_keys = sorted({key for entry in log_history for key in entry if key.startswith("loss_")})
+    train_keys = [key for key in ["loss", *task_keys] if _series(log_history, key)[0]]
+    if not train_keys:
+        return None
+    figure = Figure(figsize=(8, 5))
+    axes = figure.add_subplot()
+    for key in train_keys:
+        steps, values = _series(log_history, key)
+        label = "total" if key == "loss" else key[len("loss_") :]
+        axes.plot(steps, values, marker="o", markersize=3, linewidth=2 if key == "loss" else 1.2, label=label)
+    steps, values = _series(log_history, "eval_loss")
+    if steps:
+        axes.plot(steps, values, linestyle="--", marker="s", markersize=4, color="black", label="eval (total)")
+    axes.set(title="Training loss per task", xlabel="step", ylabel="loss")
+    axes.grid(alpha=0.3)
+    axes.legend(title="loss")
+    return _save(figure, Path(path))
+
+
+def plot_eval_metrics(log_history: list, path) -> Path | None:
+    """Every `eval_<task>_<metric>` and `eval_score` over evaluations (by step); None when there was no evaluation."""
+    keys = sorted(
+        {
+            key
+            for entry in log_history
+            for key in entry
+            if key == "eval_score" or (key.startswith("eval_") and key.endswith(EVAL_METRIC_SUFFIXES))
+        }
+    )
+    keys = [key for key in keys if _series(log_history, key)[0]]
+    if not keys:
+        return None
+    figure = Figure(figsize=(9, 5))
+    axes = figure.add_subplot()
+    for key in keys:
+        steps, values = _series(log_history, key)
+        is_score = key == "eval_score"
+        axes.plot(
+            steps,
+            values,
+            marker="o",
+            markersize=4,
+            linewidth=2.5 if is_score else 1.2,
+            color="black" if is_score else None,
+            label=key[len("eval_") :],
+        )
+    axes.set(title="Evaluation metrics", xlabel="step", ylabel="value (fraction)", ylim=(-0.02, 1.02))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    return _save(figure, Path(path))
+
+
+def plot_confusion_matrix(task, decoded: list, path, split_name: str = "eval") -> Path:
+    """Heat map of a sentence task's confusion matrix (rows gold, columns predicted) with the counts written in."""
+    task = as_task_specs([task])[0]
+    labels, counts = confusion_matrix(task, decoded)
+    side = max(4.0, 0.6 * len(labels) + 2.5)
+    figure = Figure(figsize=(side + 1, side))
+    axes = figure.add_subplot()
+    image = axes.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=axes, label="examples")
+    threshold = max(max(row) for row in counts) / 2
+    for i, row in enumerate(counts):
+        for j, count in enumerate(row):
+            axes.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set(title=f"{task.name}: confusion matrix ({split_name})", xlabel="predicted", ylabel="gold")
+    return _save(figure, Path(path))
+
+
+__all__ = ["plot_confusion_matrix", "plot_eval_metrics", "plot_training_loss", "write_plots"]
