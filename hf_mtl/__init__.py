@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_mtl import MultiTaskConfig
 from .modeling_mtl import MultiTaskModel, MultiTaskOutput, MultiTaskPooling
+from .pipeline_mtl import MultiTaskPipeline
 
 __version__ = "0.1.0"
 
@@ -14,4 +15,11 @@ AutoModel.register(MultiTaskConfig, MultiTaskModel, exist_ok=True)
 MultiTaskConfig.register_for_auto_class()
 MultiTaskModel.register_for_auto_class("AutoModel")
 
-__all__ = ["MultiTaskConfig", "MultiTaskModel", "MultiTaskOutput", "MultiTaskPooling", "__version__"]
+__all__ = [
+    "MultiTaskConfig",
+    "MultiTaskModel",
+    "MultiTaskOutput",
+    "MultiTaskPipeline",
+    "MultiTaskPooling",
+    "__version__",
+]

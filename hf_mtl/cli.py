@@ -1,16 +1,220 @@
-"""The `hf-mtl` command line."""
+"""The `hf-mtl` command line: train, predict, embed and export multi-task models."""
 
 import argparse
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
 
 from . import __version__
+from .errors import ConfigError, DataError, HfMtlError
+
+# Lines handed to the pipeline at once: large enough to sort by length, small enough for a lively progress bar.
+BLOCK_SIZE = 1024
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="hf-mtl", description="Multi-task transformer models for the HF ecosystem.")
+class ArgumentParser(argparse.ArgumentParser):
+    """Reports a bad command line as a `ConfigError`, so it prints as one `error: ...` line like every user error."""
+
+    def error(self, message):
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        if argv[:1] == ["train"]:
+            # Everything after `train`, options included, belongs to hf_mtl.train's own parser.
+            return run_train(argv[1:]) or 0
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return args.run(args) or 0
+    except HfMtlError as error:
+        if os.environ.get("HF_MTL_DEBUG") == "1":
+            raise
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="hf-mtl", description="Multi-task transformer models for the HF ecosystem.")
     parser.add_argument("--version", action="version", version=f"hf-mtl {__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # Listed for --help only: main() hands `train ...` to hf_mtl.train before parsing.
+    commands.add_parser("train", help="train a model (`hf-mtl train --help` lists its options)", add_help=False)
+
+    predict = commands.add_parser("predict", help="predict every task on raw text, one JSON line per input")
+    add_model_arguments(predict)
+    predict.add_argument("--input", required=True, help=".txt (one text per line) or .jsonl ('text' or 'tokens')")
+    predict.add_argument("--output", required=True, help="output .jsonl, one pipeline result per input line")
+    predict.add_argument("--tags", action="store_true", help="also write the words and their tags")
+    predict.set_defaults(run=run_predict)
+
+    embed = commands.add_parser("embed", help="sentence embeddings of a .txt file (one text per line) as .npy")
+    add_model_arguments(embed)
+    embed.add_argument("--input", required=True, help=".txt file, one text per line")
+    embed.add_argument("--output", required=True, help="output .npy file, float32 [lines, hidden]")
+    embed.add_argument(
+        "--normalize", action=argparse.BooleanOptionalAction, default=None, help="L2-normalise (default: the model's)"
+    )
+    embed.set_defaults(run=run_embed)
+
+    export_task = commands.add_parser("export-task", help="one token task as a stock AutoModelForTokenClassification")
+    export_task.add_argument("--model", required=True, help="saved hf_mtl model folder or Hub id")
+    export_task.add_argument("--task", required=True, help="name of a token classification task")
+    export_task.add_argument("--output", required=True, help="folder to write")
+    export_task.set_defaults(run=run_export_task)
+
+    export_st = commands.add_parser("export-sentence-transformers", help="the encoder as a SentenceTransformer folder")
+    export_st.add_argument("--model", required=True, help="saved hf_mtl model folder or Hub id")
+    export_st.add_argument("--output", required=True, help="folder to write")
+    export_st.add_argument(
+        "--normalize", action=argparse.BooleanOptionalAction, default=None, help="add Normalize (default: the model's)"
+    )
+    export_st.set_defaults(run=run_export_sentence_transformers)
+    return parser
+
+
+def add_model_arguments(parser):
+    parser.add_argument("--model", required=True, help="saved hf_mtl model folder or Hub id")
+    parser.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (default: 32)")
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bfloat16 autocast (default: on for CPUs with native bf16, off elsewhere)",
+    )
+
+
+def run_train(argv):
+    from .train import main as train_main
+
+    return train_main(argv)
+
+
+def run_predict(args):
+    records = read_predict_input(Path(args.input))
+    pipe = load_pipeline(args.model, args.batch_size)
+    with atomic_output(Path(args.output), "w") as writer, progress(len(records), "predict") as bar:
+        for begin in range(0, len(records), BLOCK_SIZE):
+            block = records[begin : begin + BLOCK_SIZE]
+            for result in predict_block(pipe, block, return_tags=args.tags, bf16=args.bf16):
+                writer.write(json.dumps(result, ensure_ascii=False) + "\n")
+            bar.update(len(block))
+
+
+def predict_block(pipe, records, **kwargs):
+    """Results in input order for records that are texts (str) or pre-split words (list), in one call per kind."""
+    results = [None] * len(records)
+    for split in (False, True):
+        indices = [index for index, record in enumerate(records) if isinstance(record, list) == split]
+        if indices:
+            outputs = pipe([records[index] for index in indices], is_split_into_words=split, **kwargs)
+            for index, output in zip(indices, outputs):
+                results[index] = output
+    return results
+
+
+def run_embed(args):
+    texts = read_lines(Path(args.input))
+    pipe = load_pipeline(args.model, args.batch_size)
+    embeddings = []
+    with progress(len(texts), "embed") as bar:
+        for begin in range(0, len(texts), BLOCK_SIZE):
+            block = texts[begin : begin + BLOCK_SIZE]
+            embeddings.append(pipe.embed(block, normalize=args.normalize, bf16=args.bf16))
+            bar.update(len(block))
+    with atomic_output(Path(args.output), "wb") as writer:
+        np.save(writer, np.concatenate(embeddings))
+
+
+def run_export_task(args):
+    from .export import export_token_task
+
+    export_token_task(args.model, args.task, args.output)
+
+
+def run_export_sentence_transformers(args):
+    from .export import export_sentence_transformers
+
+    export_sentence_transformers(args.model, args.output, normalize=args.normalize)
+
+
+def load_pipeline(model_dir, batch_size):
+    from .export import load_multitask
+    from .pipeline_mtl import MultiTaskPipeline
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    model, tokenizer = load_multitask(model_dir)
+    return MultiTaskPipeline(model, tokenizer=tokenizer, batch_size=batch_size)
+
+
+def read_lines(path: Path) -> list:
+    """The lines of a text file without their line breaks; an empty file is an error."""
+    if not path.is_file():
+        raise DataError(f"--input {path}: no such file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        raise DataError(f"--input {path}: the file is empty, there is nothing to process")
+    return lines
+
+
+def read_predict_input(path: Path) -> list:
+    """Texts (str) from a .txt file, or texts and word lists from the `text`/`tokens` field of each .jsonl line."""
+    if path.suffix != ".jsonl":
+        return read_lines(path)
+    records = []
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"--input {path}, line {number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: not valid JSON ({error})") from error
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            records.append(item["text"])
+        elif isinstance(item, dict) and _is_word_list(item.get("tokens")):
+            records.append(item["tokens"])
+        else:
+            raise DataError(f'{where}: expected an object with "text" (a string) or "tokens" (a list of strings)')
+    if not records:
+        raise DataError(f"--input {path}: the file has only blank lines, there is nothing to process")
+    return records
+
+
+def _is_word_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(word, str) for word in value)
+
+
+@contextmanager
+def atomic_output(path: Path, mode: str):
+    """Write to a temporary file beside `path` and rename it into place only once everything was written."""
+    if path.is_dir():
+        raise ConfigError(f"--output {path}: is a folder, expected a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as writer:
+            yield writer
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def progress(total: int, description: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="line", disable=None)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,6 +4,7 @@ Reads top to bottom like transformers' `run_ner.py`: arguments -> data -> model 
 evaluate -> predict -> save.
 """
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -17,7 +18,7 @@ from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, TrainingAr
 
 from .configuration_mtl import MultiTaskConfig
 from .data import MultiTaskCollator, prepare_datasets
-from .errors import ConfigError, HfMtlError
+from .errors import ConfigError, HfMtlError, ModelError
 from .evaluation import build_compute_metrics, decode_predictions, preprocess_logits_for_metrics
 from .hub import push_folder_to_hub
 from .model_card import write_model_card
@@ -104,7 +105,7 @@ class DataArguments:
 
 def parse_arguments(argv):
     """`CONFIG.json [--key value ...]`: the JSON gives the values, `--key value` after it overrides them."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), exit_on_error=False)
     if not argv or not argv[0].endswith(".json"):
         raise ConfigError("usage: run_mtl.py CONFIG.json [--key value ...]")
     config_path, overrides = argv[0], argv[1:]
@@ -130,8 +131,12 @@ def parse_arguments(argv):
         model_args, data_args, training_args, extra = parser.parse_args_into_dataclasses(
             args=overrides, return_remaining_strings=True
         )
+    except argparse.ArgumentError as error:
+        raise ConfigError(f"command line: {error}") from None
     except SystemExit:
-        raise ConfigError(f"{config_path}: bad command-line override in {overrides}") from None
+        raise ConfigError(f"command line: bad arguments {overrides}") from None
+    except ValueError as error:  # TrainingArguments' own validation
+        raise ConfigError(f"{config_path}: {error}") from None
     if extra:
         raise ConfigError(f"unknown command-line arguments {extra}")
     return model_args, data_args, training_args
@@ -185,8 +190,11 @@ def existing_tasks(model_path: str):
     return {task["name"]: task for task in MultiTaskConfig.from_pretrained(model_path).tasks}
 
 
-def build_model(model_args, model_path, tasks, previous_tasks):
+def build_model(model_args, model_path, encoder_config, tasks, previous_tasks):
     """A new model on a pretrained encoder, or a trained hf_mtl model whose reused heads keep their weights."""
+    for index, task in enumerate(tasks):
+        if task.crf:
+            raise ConfigError(f"tasks[{index}].crf: a CRF head is not available yet; remove the key")
     head_tasks = [{"name": t.name, "type": t.type, "labels": list(t.labels)} for t in tasks]
     for head, task in zip(head_tasks, tasks):
         if task.class_weights is not None:
@@ -198,6 +206,10 @@ def build_model(model_args, model_path, tasks, previous_tasks):
         loss_weights=model_args.loss_weights,
         loss_weighting=model_args.loss_weighting,
     )
+    try:
+        MultiTaskConfig(encoder=encoder_config.to_dict(), tasks=head_tasks, **config_kwargs)
+    except ValueError as error:  # the config's own validation, e.g. pooling "pooler" on an encoder without one
+        raise ConfigError(str(error)) from None
     if previous_tasks is None:
         load_kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
         return MultiTaskModel.from_encoder(model_path, tasks=head_tasks, **config_kwargs, **load_kwargs)
@@ -248,7 +260,10 @@ def main(argv=None):
 
     # ---- data ----------------------------------------------------------------------------------------------------
     model_path = resolve_model_path(model_args.model_name_or_path)
-    encoder_config = AutoConfig.from_pretrained(model_path)
+    try:
+        encoder_config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"model_name_or_path: cannot load {model_args.model_name_or_path!r}: {error}") from None
     encoder_config = getattr(encoder_config, "encoder", encoder_config)  # an hf_mtl folder nests its encoder's config
     # Byte-level BPE tokenizers need a prefix space to take pre-split words (as in run_ner.py).
     prefix_space = {"add_prefix_space": True} if encoder_config.model_type in {"roberta", "deberta", "gpt2", "bloom"} else {}
@@ -285,7 +300,7 @@ def main(argv=None):
         test_dataset = test_dataset.select(range(min(data_args.max_eval_samples, len(test_dataset)))) if test_dataset else None
 
     # ---- model and freezing ----------------------------------------------------------------------------------------
-    model = build_model(model_args, model_path, tasks, previous_tasks)
+    model = build_model(model_args, model_path, encoder_config, tasks, previous_tasks)
     apply_freezing(
         model, freeze_encoder=model_args.freeze_encoder, freeze_embeddings=model_args.freeze_embeddings,
         freeze_layers=model_args.freeze_layers, freeze_heads=model_args.freeze_heads or (),
@@ -437,7 +452,8 @@ def cli_main(argv=None):
     except HfMtlError as error:
         if os.environ.get("HF_MTL_DEBUG") == "1":
             raise
-        print(f"error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, whatever the message held
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

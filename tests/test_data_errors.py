@@ -93,7 +93,7 @@ def test_tokens_and_tags_of_different_length_in_json(tmp_path, tokenizer):
     write(tmp_path / "train.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(
         DataError,
-        match=r"data set 'd', split 'train', example index 1 \(tasks\[0\].tags_column 'tags'\): 2 words but 1 tags",
+        match=r"train.jsonl:2 \(data set 'd', split 'train', example index 1, tasks\[0\].tags_column 'tags'\): 2 words but 1 tags",
     ):
         prepare({"d": {"path": str(tmp_path)}}, NER, tokenizer)
 
@@ -126,7 +126,8 @@ def test_bad_tag_in_json_names_the_example(tmp_path, tokenizer):
     rows = [{"tokens": ["a"], "tags": ["O"]}, {"tokens": ["a"], "tags": ["O"]}, {"tokens": ["Oslo"], "tags": ["LOC"]}]
     write(tmp_path / "train.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(
-        DataError, match=r"example index 2 \(tasks\[0\].tags_column 'tags'\): tag 'LOC' is not O, B-<type> or I-<type>"
+        DataError,
+        match=r"train.jsonl:3 \(data set 'd', split 'train', example index 2, tasks\[0\].tags_column 'tags'\): tag 'LOC' is not",
     ):
         prepare({"d": {"path": str(tmp_path)}}, NER, tokenizer)
 

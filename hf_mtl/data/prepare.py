@@ -2,13 +2,14 @@
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
 from ..errors import ConfigError, DataError
 from .preprocessing import check_fast_tokenizer, class_label_names, encode_split, normalize_split
-from .readers import load_raw_dataset
+from .readers import json_lines_location, load_raw_dataset
 from .sampling import mix_datasets, sampling_probabilities
 from .specs import TaskSpec, check_dataset_specs, parse_task_specs
 from .tags import build_label_list, count_unknown_labels
@@ -209,6 +210,7 @@ def read_and_normalize(
             split=split,
             tag_scheme=spec.get("tag_scheme", "iob2"),
             num_proc=num_proc,
+            locate=partial(json_lines_location, raw.source_files[split]) if hasattr(raw, "source_files") else None,
         )
         kept = rows.filter(has_words, batched=True, input_columns=rows.column_names[0], num_proc=num_proc)
         if len(kept) < len(rows):
@@ -244,6 +246,11 @@ def report_unknown_labels(name, by_split, tasks, label2id, summary):
             unknown = count_unknown_labels(rows[f"{task.name}_gold"], label2id[task.name], task.is_token_task)
             if unknown:
                 counts = ", ".join(f"{label} ({count:,})" for label, count in unknown.most_common())
+                if split == "train":  # only possible with an explicit (or reused) label list
+                    raise ConfigError(
+                        f"task {task.name!r}: its labels list misses labels seen in the train split of data set "
+                        f"{name!r}: {counts}; add them to `labels` (or set reinit_head for a reused head)"
+                    )
                 line = (
                     f"{name} {split}: task {task.name}: labels not in its label list "
                     f"(ignored by the loss, scored as errors): {counts}"

@@ -62,11 +62,11 @@ def normalized_features(input_kind: str, tasks) -> datasets.Features:
     return datasets.Features(features)
 
 
-def normalize_split(dataset, tasks, wheres, *, dataset_name, split, tag_scheme="iob2", num_proc=None):
+def normalize_split(dataset, tasks, wheres, *, dataset_name, split, tag_scheme="iob2", num_proc=None, locate=None):
     """Keep the input (`words` or `text`) and one `<task>_gold` column per task: label strings, IOB2 tags.
 
     Ints become names (the column's `ClassLabel` names, else the task's explicit `labels`, else the int as text);
-    a negative int or null means "no label" (Hub test splits use -1).
+    a negative int or null means "no label" (Hub test splits use -1). `locate(index)` may name an example's file:line.
     """
     check_columns(dataset, tasks, wheres, dataset_name, split)
     input_kind, input_column = tasks[0].input_column
@@ -75,7 +75,9 @@ def normalize_split(dataset, tasks, wheres, *, dataset_name, split, tag_scheme="
     def place(index, task):
         key = "tags_column" if task.is_token_task else "label_column"
         field = f"{wheres[task.name]}.{key} {task.target_column!r}"
-        return f"data set {dataset_name!r}, split {split!r}, example index {index} ({field})"
+        location = locate(index) if locate is not None else None
+        prefix = f"{location} " if location else ""
+        return f"{prefix}(data set {dataset_name!r}, split {split!r}, example index {index}, {field})"
 
     def to_name(value, index, task):
         if value is None or (isinstance(value, int) and value < 0):

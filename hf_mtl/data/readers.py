@@ -250,10 +250,28 @@ def read_with_builder(name: str, fmt: str, paths: dict[str, list[Path]], column_
     kwargs = {"column_names": column_names} if column_names else {}
     data_files = {split: [str(path) for path in files] for split, files in paths.items()}
     try:
-        return datasets.load_dataset(fmt, data_files=data_files, **kwargs)
+        loaded = datasets.load_dataset(fmt, data_files=data_files, **kwargs)
     except Exception as err:
         cause = err.__cause__ or err
         raise DataError(f"data set {name!r}: cannot read {data_files} as {fmt}: {cause}") from err
+    if fmt == "json":
+        # Row i of a JSON Lines split is its i-th non-blank line: errors can then name file:line.
+        loaded.source_files = {split: list(files) for split, files in paths.items()}
+    return loaded
+
+
+def json_lines_location(files: list, index: int) -> str | None:
+    """`file:line` (1-based) of row `index` of a JSON Lines split, or None when the files are not one object a line."""
+    seen = 0
+    for path in files:
+        for number, line in enumerate(iter_text_lines(path), start=1):
+            if line.strip():
+                if not line.lstrip().startswith("{"):
+                    return None
+                if seen == index:
+                    return f"{path}:{number}"
+                seen += 1
+    return None
 
 
 def read_hub(name: str, hub_id: str, config_name, missing_local=None) -> datasets.DatasetDict:

@@ -1,0 +1,197 @@
+"""MultiTaskPipeline: word splitting, entity spans, long inputs in windows, embeddings, transformers.pipeline parity."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_encoder_config
+from pipeline_helpers import SENTENCES, TASKS, assert_same_predictions, model_dir, pipe, raw_text  # noqa: F401
+from transformers import AutoModel
+
+from hf_mtl import MultiTaskModel, MultiTaskPipeline
+from hf_mtl.pipeline_mtl import entities_from_tags, split_words, word_windows
+
+TEXTS = [raw_text(words) for words, _, _ in SENTENCES]
+
+
+def gold_entities(words: str, tags: str):
+    """(type, text) of the gold entities of a `SENTENCES` entry, read off its space-separated words."""
+    entities = []
+    for word, tag in zip(words.split(), tags.split()):
+        if tag.startswith("B-"):
+            entities.append([tag[2:], word])
+        elif tag.startswith("I-"):
+            entities[-1][1] += " " + word
+    return [tuple(entity) for entity in entities]
+
+
+def spans_of(result, task="ner"):
+    return [(entity["entity"], entity["start"], entity["end"]) for entity in result[task]]
+
+
+def test_split_words_peels_edge_punctuation_only():
+    text = "(Apple's) U.S. e-mail,  café\u0301 \"quoted\"... 3%"
+    words = [text[start:end] for start, end in split_words(text)]
+    assert words[:8] == ["(", "Apple's", ")", "U.S", ".", "e-mail", ",", "café\u0301"]
+    assert words[8:] == ['"', "quoted", '"', ".", ".", ".", "3", "%"]
+
+
+def test_entities_from_tags_spans_are_exact_slices():
+    text = "Schwarzenegger, Schwarzenegger and (Apple) met New  York's mayor in Paris!"
+    spans = split_words(text)
+    words = [text[start:end] for start, end in spans]
+    tags = {
+        "Schwarzenegger": "B-PER", "(": "O", "Apple": "B-ORG", ")": "O", "New": "B-LOC", "York's": "I-LOC",
+        "Paris": "B-LOC", ",": "O", "!": "O",
+    }
+    entities = entities_from_tags(text, spans, [tags.get(word, "O") for word in words], [0.5] * len(words))
+
+    assert [(entity["entity"], entity["text"]) for entity in entities] == [
+        ("PER", "Schwarzenegger"),
+        ("PER", "Schwarzenegger"),
+        ("ORG", "Apple"),
+        ("LOC", "New  York's"),
+        ("LOC", "Paris"),
+    ]
+    assert all(text[entity["start"] : entity["end"]] == entity["text"] for entity in entities)
+    assert entities[0]["start"] != entities[1]["start"]  # repeated words keep their own offsets
+
+
+def test_entities_from_tags_bio_rules():
+    text = "a b c d e f"
+    spans = split_words(text)
+    tags = ["I-PER", "I-PER", "B-PER", "I-ORG", "LOC", "LOC"]
+    entities = entities_from_tags(text, spans, tags, [1.0, 0.5, 1.0, 1.0, 0.2, 0.4])
+    assert [(entity["entity"], entity["text"]) for entity in entities] == [
+        ("PER", "a b"), ("PER", "c"), ("ORG", "d"), ("LOC", "e f"),
+    ]
+    assert entities[0]["score"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("budget", [3, 8, 50])
+def test_word_windows_cover_every_word_once(budget):
+    counts = [1, 2, 0, 12, 1, 3, 1, 1, 2, 4, 1, 1, 5, 1] * 5
+    windows = word_windows(counts, budget)
+    owned = [word for _, _, owned_start, owned_end in windows for word in range(owned_start, owned_end)]
+    assert owned == list(range(len(counts)))
+    for start, end, owned_start, owned_end in windows:
+        assert start <= owned_start <= owned_end <= end
+        assert sum(counts[start:end]) <= budget or end - start == 1
+    assert all(following[0] > window[0] for window, following in zip(windows, windows[1:]))
+
+
+def test_predicts_gold_entities_and_sentence_labels(pipe):
+    results = pipe(TEXTS, return_tags=True)
+    for text, result, (words, tags, topic) in zip(TEXTS, results, SENTENCES):
+        assert result["text"] == text
+        assert result["topic"]["label"] == topic
+        assert [(entity["entity"], entity["text"]) for entity in result["ner"]] == gold_entities(words, tags)
+        assert all(text[entity["start"] : entity["end"]] == entity["text"] for entity in result["ner"])
+        assert result["words"] == words.split() and result["tags"]["ner"] == tags.split()
+    assert results[0]["ner"][0] == {"entity": "ORG", "text": "Apple", "start": 0, "end": 5, "score": pytest.approx(1.0)}
+
+
+def test_batched_sorted_inputs_keep_order_and_results(pipe):
+    shuffled = TEXTS[::-1] + ["", "Apple"]
+    batched = pipe(shuffled, batch_size=3)
+    for text, result in zip(shuffled, batched):
+        alone = pipe(text)
+        assert result["text"] == text and result["topic"]["label"] == alone["topic"]["label"]
+        assert spans_of(result) == spans_of(alone)
+    assert pipe([]) == []
+
+
+def test_pre_split_words(pipe):
+    words, tags, _ = SENTENCES[2]
+    result = pipe(words.split(), is_split_into_words=True, return_tags=True)
+    assert result["text"] == words and result["words"] == words.split() and result["tags"]["ner"] == tags.split()
+    assert len(pipe([words.split(), ["Apple"]], is_split_into_words=True)) == 2
+
+
+def test_bf16_switch_keeps_predictions(pipe):
+    fp32, bf16 = pipe(TEXTS, bf16=False), pipe(TEXTS, bf16=True)
+    assert [spans_of(result) for result in fp32] == [spans_of(result) for result in bf16]
+    assert [result["topic"]["label"] for result in fp32] == [result["topic"]["label"] for result in bf16]
+
+
+def test_2000_word_input_gets_a_tag_for_every_word(pipe):
+    text = " ".join(TEXTS * 40)
+    assert len(split_words(text)) >= 2000
+    result = pipe(text, return_tags=True)
+    assert len(result["tags"]["ner"]) == len(result["words"]) == len(split_words(text))
+    assert all(text[entity["start"] : entity["end"]] == entity["text"] for entity in result["ner"])
+    gold = sum(len(gold_entities(words, tags)) for words, tags, _ in SENTENCES) * 40
+    assert len(result["ner"]) >= 0.95 * gold  # windows lose little context
+
+
+def test_windows_give_every_word_its_own_prediction(tokenizer, tmp_path):
+    # With no attention layers and no position embeddings a token's logits depend on the token alone, so windowed
+    # tags must equal the tags of each sentence read on its own: any dropped or shifted word shows.
+    torch.manual_seed(0)
+    encoder = AutoModel.from_config(tiny_encoder_config("bert", num_hidden_layers=0))
+    with torch.no_grad():
+        encoder.embeddings.position_embeddings.weight.zero_()
+    encoder.save_pretrained(tmp_path)
+    model = MultiTaskModel.from_encoder(str(tmp_path), tasks=TASKS).eval()
+    tiny = MultiTaskPipeline(model, tokenizer=tokenizer, bf16=False, return_tags=True)
+    pieces = TEXTS + ["Pneumonoultramicroscopicsilicovolcanoconiosis" * 3 + "."]
+    windowed = tiny(" ".join(pieces * 5), max_length=16)
+    expected = [tag for piece in pieces * 5 for tag in tiny(piece)["tags"]["ner"]]
+    assert windowed["tags"]["ner"] == expected
+    assert len(set(expected)) > 2
+
+
+def test_embed_and_similarity(pipe, caplog):
+    embeddings = pipe.embed(TEXTS, normalize=True)
+    assert embeddings.shape == (len(TEXTS), 384) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert pipe.embed(TEXTS[0]).shape == (384,)
+    assert pipe.similarity(TEXTS[0], TEXTS[0]) == pytest.approx(1.0, abs=1e-5)
+    matrix = pipe.similarity(TEXTS[:2], TEXTS)
+    assert matrix.shape == (2, len(TEXTS))
+    np.testing.assert_allclose(matrix, embeddings[:2] @ embeddings.T, atol=1e-4)
+
+    with caplog.at_level(logging.WARNING):
+        long = pipe.embed([" ".join(TEXTS * 30), "short", " ".join(TEXTS * 40)])
+    assert long.shape == (3, 384)
+    assert "2 of 3 texts are longer than 512 tokens" in caplog.text
+
+
+def test_rejects_a_model_without_tasks(tokenizer):
+    encoder = AutoModel.from_config(tiny_encoder_config("bert"))
+    with pytest.raises(ValueError, match="config.tasks"):
+        MultiTaskPipeline(encoder, tokenizer=tokenizer)
+
+
+def test_save_pretrained_declares_the_pipeline(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["custom_pipelines"]["multi-task"]["impl"] == "pipeline_mtl.MultiTaskPipeline"
+    assert {"pipeline_mtl.py", "modeling_mtl.py", "configuration_mtl.py", "tokenizer.json"} <= set(os.listdir(tmp_path))
+
+
+TRANSFORMERS_PIPELINE = """
+import json, sys
+sys.modules["hf_mtl"] = None  # hf_mtl is not installed as far as this process can tell
+import transformers
+pipe = transformers.pipeline(model=sys.argv[1], trust_remote_code=True)
+assert type(pipe).__module__.startswith("transformers_modules."), type(pipe).__module__
+print(json.dumps({"results": pipe(json.loads(sys.argv[2]), return_tags=True), "task": pipe.task}))
+"""
+
+
+def test_transformers_pipeline_without_hf_mtl_gives_the_same_results(pipe, model_dir, tmp_path):
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-c", TRANSFORMERS_PIPELINE, str(model_dir), json.dumps(TEXTS)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    remote = json.loads(completed.stdout.splitlines()[-1])
+    assert remote["task"] == "multi-task"
+    assert_same_predictions(remote["results"], pipe(TEXTS, return_tags=True))
