@@ -44,26 +44,35 @@ def write_config(root, name, config):
     return str(path)
 
 
-def resume_config(encoder, data, output):
+def resume_config(encoder, data, output, mixed=False):
     # hidden dropout stays on: an exact match then also proves that the RNG state was restored
-    return joint_config(encoder, data, output, max_steps=6, save_strategy="steps", save_steps=2, do_eval=False,
-                        do_predict=False, learning_rate=5e-3)
+    config = joint_config(encoder, data, output, max_steps=6, save_strategy="steps", save_steps=2, do_eval=False,
+                          do_predict=False, learning_rate=5e-3)
+    if mixed:  # the same files as two separate data sets: one per task, mixed by the sampler
+        config["datasets"] = {"ner_set": config["datasets"]["demo"], "topic_set": config["datasets"]["demo"]}
+        config["tasks"][0]["dataset"], config["tasks"][1]["dataset"] = "topic_set", "ner_set"
+        config["task_sampling"] = "temperature"
+    return config
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(setup):
     root, encoder, data = setup
-    output = root / "uninterrupted"
-    result = run([sys.executable, "run_mtl.py", write_config(root, "plain", resume_config(encoder, data, output))])
-    assert result.returncode == 0, result.stderr[-3000:]
-    return weights(output)
+    final = {}
+    for mixed in (False, True):
+        output = root / f"uninterrupted_{mixed}"
+        result = run([sys.executable, "run_mtl.py", write_config(root, f"plain_{mixed}", resume_config(encoder, data, output, mixed))])
+        assert result.returncode == 0, result.stderr[-3000:]
+        final[mixed] = weights(output)
+    return final
 
 
-@pytest.mark.parametrize("kill_step, damage_newest", [(2, False), (4, True)])
-def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_step, damage_newest):
+@pytest.mark.parametrize("kill_step, damage_newest, mixed", [(2, False, False), (4, True, False), (2, False, True)])
+def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_step, damage_newest, mixed):
     root, encoder, data = setup
-    output = root / f"killed_{kill_step}"
-    config_path = write_config(root, f"killed_{kill_step}", resume_config(encoder, data, output))
+    uninterrupted = uninterrupted[mixed]
+    output = root / f"killed_{kill_step}_{mixed}"
+    config_path = write_config(root, f"killed_{kill_step}_{mixed}", resume_config(encoder, data, output, mixed))
 
     killed = run([sys.executable, "-c", KILLED_RUN, config_path], {"KILL_AT_STEP": str(kill_step)})
     assert killed.returncode == -9, killed.stderr[-3000:]
