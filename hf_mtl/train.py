@@ -17,7 +17,7 @@ import transformers
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
 from .configuration_mtl import MultiTaskConfig
-from .data import MultiTaskCollator, prepare_datasets
+from .data import MultiTaskCollator, TaskSpec, prepare_datasets
 from .errors import ConfigError, HfMtlError, ModelError
 from .evaluation import build_compute_metrics, decode_predictions, preprocess_logits_for_metrics
 from .hub import push_folder_to_hub
@@ -267,8 +267,6 @@ def main(argv=None):
     # Byte-level BPE tokenizers need a prefix space to take pre-split words (as in run_ner.py).
     prefix_space = {"add_prefix_space": True} if encoder_config.model_type in {"roberta", "deberta", "gpt2", "bloom"} else {}
     tokenizer = AutoTokenizer.from_pretrained(model_path, **prefix_space)
-    from .data import TaskSpec
-
     tasks = [task if isinstance(task, TaskSpec) else TaskSpec.from_dict(task, index) for index, task in enumerate(data_args.tasks)]
     previous_tasks = existing_tasks(model_path)
     if previous_tasks is not None:
