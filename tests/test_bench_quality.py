@@ -1,0 +1,53 @@
+"""CI smoke test of the quality benchmark (bench/quality.py --smoke): a few dozen steps, never the full benchmark."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, SHARED_DATA, tiny_encoder_config
+
+QUALITY = REPO_ROOT / "bench" / "quality.py"
+
+
+@pytest.fixture
+def tiny_encoder(tmp_path, tokenizer):
+    from transformers import AutoModel
+
+    folder = tmp_path / "tiny-bert"
+    AutoModel.from_config(tiny_encoder_config("bert")).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run_quality(*args, timeout=120):
+    return subprocess.run([sys.executable, str(QUALITY), *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_list_names_every_row():
+    listed = run_quality("--list", "--results-dir", str(REPO_ROOT / "bench" / "results"))
+    assert listed.returncode == 0, listed.stderr
+    for row in ("snips_mtl_seed1", "snips_mtl_seed3", "snips_intent_only", "snips_slots_only", "snips_hf_seqcls",
+                "snips_hf_tokcls", "snips_mtl_frozen", "conll_ag_mtl_proportional", "conll_ag_mtl_temperature",
+                "conll_ner_only", "ag_topic_only", "conll_ag_mtl_frozen"):
+        assert row in listed.stdout
+
+
+@pytest.mark.parametrize("row", ["snips_mtl_seed1", "snips_hf_tokcls"])
+def test_smoke_writes_a_result_file(row, tmp_path, tiny_encoder):
+    if not (SHARED_DATA / "snips").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (only present in the project's own checkouts)")
+    results = tmp_path / "results"
+    done = run_quality("--smoke", "--smoke-row", row, "--model", str(tiny_encoder), "--results-dir", str(results))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((results / f"{row}.json").read_text())
+    assert result["row"] == row and result["smoke"] is True
+    assert result["steps"] == 24
+    assert result["train_seconds"] > 0 and result["test_seconds"] > 0
+    metrics = result["metrics"]
+    assert 0 <= metrics["test_slots_f1"] <= 1
+    assert 0 <= metrics["sentence_accuracy"] <= 1 and metrics["sentences"] == 32
+    if row == "snips_mtl_seed1":
+        assert 0 <= metrics["test_intent_accuracy"] <= 1
+    assert not (REPO_ROOT / "bench" / "results" / f"{row}.json").exists() or "smoke" not in str(results)
