@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .data.readers import iter_text_lines
 from .errors import ConfigError, DataError, HfMtlError
 
 # Lines handed to the pipeline at once: large enough to sort by length, small enough for a lively progress bar.
@@ -161,7 +162,8 @@ def read_lines(path: Path) -> list:
     """The lines of a text file without their line breaks; an empty file is an error."""
     if not path.is_file():
         raise DataError(f"--input {path}: no such file")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    # Split on "\n" only (str.splitlines also breaks at U+2028 and friends); bad bytes are named as file:line.
+    lines = list(iter_text_lines(path))
     if not lines:
         raise DataError(f"--input {path}: the file is empty, there is nothing to process")
     return lines

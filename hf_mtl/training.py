@@ -4,6 +4,7 @@ import json
 import logging
 import os
 
+import torch
 from torch import nn
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
@@ -150,8 +151,7 @@ class MultiTaskTrainer(Trainer):
     def __init__(self, *args, optimizer_groups_kwargs=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.optimizer_groups_kwargs = optimizer_groups_kwargs or {}
-        self._task_loss_sums = {}
-        self._task_loss_steps = 0
+        self._task_loss_sums = {}  # task -> (sum of its batch losses, number of batches with its labels)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -179,16 +179,20 @@ class MultiTaskTrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training and outputs.get("task_losses"):
             for name, task_loss in outputs["task_losses"].items():
-                self._task_loss_sums[name] = self._task_loss_sums.get(name, 0.0) + task_loss.detach()
-            self._task_loss_steps += 1
+                # Averaged over the batches that held labels for the task, so mixed runs are not diluted by zeros.
+                labelled = (inputs[f"{name}_labels"] != -100).any().float()
+                total, batches = self._task_loss_sums.get(name, (0.0, 0.0))
+                self._task_loss_sums[name] = (total + task_loss.detach() * labelled, batches + labelled)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, start_time=None):
-        if "loss" in logs and self._task_loss_steps:
-            for name, total in self._task_loss_sums.items():
-                mean = self.accelerator.reduce(total / self._task_loss_steps, reduction="mean")
-                logs[f"loss_{name}"] = round(float(mean), 4)
-            self._task_loss_sums, self._task_loss_steps = {}, 0
+        if "loss" in logs and self._task_loss_sums:
+            for name, (total, batches) in self._task_loss_sums.items():
+                total = self.accelerator.reduce(torch.as_tensor(total, device=self.args.device), reduction="sum")
+                batches = self.accelerator.reduce(torch.as_tensor(batches, device=self.args.device), reduction="sum")
+                if batches > 0:
+                    logs[f"loss_{name}"] = round(float(total / batches), 4)
+            self._task_loss_sums = {}
         super().log(logs, start_time)
 
 

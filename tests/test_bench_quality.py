@@ -50,4 +50,3 @@ def test_smoke_writes_a_result_file(row, tmp_path, tiny_encoder):
     assert 0 <= metrics["sentence_accuracy"] <= 1 and metrics["sentences"] == 32
     if row == "snips_mtl_seed1":
         assert 0 <= metrics["test_intent_accuracy"] <= 1
-    assert not (REPO_ROOT / "bench" / "results" / f"{row}.json").exists() or "smoke" not in str(results)

@@ -150,3 +150,11 @@ def test_predict_a_5000_word_line_tags_every_word(capsys, model_dir, tmp_path):
     assert status == 0, err
     [result] = read_jsonl(output)
     assert len(result["words"]) >= 5000 and len(result["tags"]["ner"]) == len(result["words"])
+
+
+def test_predict_input_that_is_not_utf8_is_one_line(capsys, model_dir, tmp_path):
+    source = tmp_path / "latin1.txt"
+    source.write_bytes("Anna visited Paris\nZürich is nice\n".encode("latin-1"))
+    status, _, err = run_cli(capsys, "predict", "--model", model_dir, "--input", source, "--output", tmp_path / "o.jsonl")
+    assert status == 2 and err.startswith(f"error: {source}:2: not UTF-8") and err.count("\n") == 1
+    assert not (tmp_path / "o.jsonl").exists()

@@ -118,4 +118,7 @@ def test_two_process_ddp_on_cpu(setup):
     assert runs[1, 8][0] == 120 and runs[2, 8][0] == 60 and runs[2, 4][0] == 120
     for key in ("eval_topic_accuracy", "eval_ner_f1"):
         assert runs[1, 8][1][key] > 0.9, (key, runs)  # both tasks learned: the comparison means something
+    metrics = [key for key in runs[1, 8][1] if key.startswith(("eval_topic_", "eval_ner_")) or key == "eval_score"]
+    assert len(metrics) == 7
+    for key in metrics:
         assert abs(runs[1, 8][1][key] - runs[2, 4][1][key]) <= 0.005, (key, runs)
