@@ -1,0 +1,523 @@
+"""Quality benchmark of hf_mtl (issue 6): one command per row, results kept as JSON, a table for BENCHMARKS.md.
+
+    python bench/quality.py --list                      # the rows, and which have results
+    python bench/quality.py --row snips_mtl_seed1       # run one row (skipped when its result exists; --force reruns)
+    python bench/quality.py --table                     # rewrite the results table in BENCHMARKS.md
+    python bench/quality.py --smoke [--results-dir D]   # CI: a few dozen steps of a row on a tiny subset
+
+Run from the repository root. Data are read from ../shared/data (never copied into the repository); the AG News
+split (6,000 / 800 / 800 of its 7,600-row test file, seeded permutation) is written to bench/runs/data/, which is
+git-ignored like every model folder under bench/runs/.
+
+hf_mtl rows run `python run_mtl.py <config>` in a subprocess (the config is written next to the run); the stock
+baselines train `AutoModelForSequenceClassification` / `AutoModelForTokenClassification` with a plain
+`transformers.Trainer`, on the rows hf_mtl's data layer encodes (first-subtoken labels, as run_ner.py), and are
+scored by hf_mtl's word-level evaluation, so every number in the table is computed the same way.
+"""
+
+import argparse
+import copy
+import csv
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+CONFIGS = BENCH / "configs"
+RESULTS = BENCH / "results"
+RUNS = BENCH / "runs"
+SHARED = ROOT.parent / "shared" / "data"
+PYTHON = sys.executable
+MARK_BEGIN = "<!-- quality-table:begin -->"
+MARK_END = "<!-- quality-table:end -->"
+
+AG_SPLIT = {"train": 6000, "validation": 800, "test": 800}
+AG_SEED = 0
+
+# ---------------------------------------------------------------------------------------------------------------------
+# rows
+
+
+def snips_recipe() -> dict:
+    with open(CONFIGS / "snips_minilm.json", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def conll_ag_recipe() -> dict:
+    with open(CONFIGS / "conll_agnews_minilm.json", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def only_tasks(config: dict, names) -> dict:
+    config = copy.deepcopy(config)
+    config["tasks"] = [task for task in config["tasks"] if task["name"] in names]
+    used = {task["dataset"] for task in config["tasks"]}
+    config["datasets"] = {name: spec for name, spec in config["datasets"].items() if name in used}
+    return config
+
+
+def with_keys(config: dict, **keys) -> dict:
+    config = copy.deepcopy(config)
+    config.update(keys)
+    return config
+
+
+def build_rows() -> dict:
+    """Row name -> {setting, kind, describe, config() (hf_mtl rows) / task (stock rows)}."""
+    rows = {}
+
+    def add(name, setting, kind, describe, **spec):
+        rows[name] = dict(name=name, setting=setting, kind=kind, describe=describe, **spec)
+
+    for seed in (1, 2, 3):
+        add(f"snips_mtl_seed{seed}", "snips", "mtl", f"hf_mtl joint intent + slots (recipe), seed {seed}",
+            config=lambda seed=seed: with_keys(snips_recipe(), seed=seed), seed=seed)
+    add("snips_intent_only", "snips", "mtl", "hf_mtl, intent task only (recipe), seed 1",
+        config=lambda: with_keys(only_tasks(snips_recipe(), {"intent"}), seed=1), seed=1)
+    add("snips_slots_only", "snips", "mtl", "hf_mtl, slots task only (recipe), seed 1",
+        config=lambda: with_keys(only_tasks(snips_recipe(), {"slots"}), seed=1), seed=1)
+    add("snips_hf_seqcls", "snips", "hf", "stock AutoModelForSequenceClassification + Trainer (intent), seed 1",
+        config=lambda: with_keys(only_tasks(snips_recipe(), {"intent"}), seed=1), seed=1)
+    add("snips_hf_tokcls", "snips", "hf", "stock AutoModelForTokenClassification + Trainer (slots), seed 1",
+        config=lambda: with_keys(only_tasks(snips_recipe(), {"slots"}), seed=1), seed=1)
+    add("snips_mtl_frozen", "snips", "mtl", "hf_mtl joint, encoder frozen (heads only), seed 1",
+        config=lambda: with_keys(snips_recipe(), seed=1, freeze_encoder=True), seed=1)
+
+    add("conll_ag_mtl_proportional", "conll_ag", "mtl", "hf_mtl NER + topic, task_sampling proportional, seed 1",
+        config=lambda: with_keys(conll_ag_recipe(), task_sampling="proportional"), seed=1)
+    add("conll_ag_mtl_temperature", "conll_ag", "mtl", "hf_mtl NER + topic, task_sampling temperature (T=2), seed 1",
+        config=lambda: with_keys(conll_ag_recipe(), task_sampling="temperature", sampling_temperature=2.0), seed=1)
+    add("conll_ner_only", "conll_ag", "mtl", "hf_mtl, CoNLL NER only, seed 1",
+        config=lambda: only_tasks(conll_ag_recipe(), {"ner"}), seed=1)
+    add("ag_topic_only", "conll_ag", "mtl", "hf_mtl, AG News topic only, seed 1",
+        config=lambda: only_tasks(conll_ag_recipe(), {"topic"}), seed=1)
+    add("conll_ag_mtl_frozen", "conll_ag", "mtl", "hf_mtl NER + topic (proportional), encoder frozen, seed 1",
+        config=lambda: with_keys(conll_ag_recipe(), task_sampling="proportional", freeze_encoder=True), seed=1)
+    return rows
+
+
+ROWS = build_rows()
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data that has to be derived (AG News has only its test split here)
+
+
+def ag_news_split(out_dir: Path) -> Path:
+    """6,000 / 800 / 800 rows of ag_news/test.csv, by a permutation with seed 0; text = title + " " + description."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if all((out_dir / f"{split}.jsonl").is_file() for split in AG_SPLIT):
+        return out_dir
+    source = SHARED / "ag_news"
+    classes = [line.strip() for line in (source / "classes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    with open(source / "test.csv", encoding="utf-8", newline="") as handle:
+        records = [(int(label), title, body) for label, title, body in csv.reader(handle)]
+    order = list(range(len(records)))
+    random.Random(AG_SEED).shuffle(order)
+    start = 0
+    for split, size in AG_SPLIT.items():
+        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as handle:
+            for index in order[start:start + size]:
+                label, title, body = records[index]
+                text = " ".join(f"{title} {body}".replace("\\", " ").split())
+                handle.write(json.dumps({"text": text, "label": classes[label - 1]}) + "\n")
+        start += size
+    return out_dir
+
+
+def localize(config: dict) -> dict:
+    """Replace the placeholder path of the derived AG News split by its real place."""
+    config = copy.deepcopy(config)
+    for spec in config["datasets"].values():
+        if spec.get("path") == "@ag_news_split":
+            spec["path"] = os.path.relpath(ag_news_split(RUNS / "data" / "ag_news_split"), ROOT)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# running
+
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def sentence_scores(predictions_file: Path) -> dict:
+    """Sentence accuracy (every task of the example right: label and all word tags) from test_predictions.jsonl."""
+    total = right = 0
+    with open(predictions_file, encoding="utf-8") as handle:
+        for line in handle:
+            example = json.loads(line)
+            tasks = [value for key, value in example.items() if key != "words"]
+            if not tasks:
+                continue
+            total += 1
+            right += all(task["gold"] == task["pred"] for task in tasks)
+    return {"sentence_accuracy": right / total if total else None, "sentences": total}
+
+
+def row_config(row: dict, model=None) -> dict:
+    config = localize(row["config"]())
+    if model is not None:  # --model: another encoder (the CI smoke test uses a tiny random one)
+        config["model_name_or_path"] = str(model)
+    return config
+
+
+def run_mtl_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
+    config = row_config(row, model)
+    config["output_dir"] = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir.parent / f"{run_dir.name}.config.json"
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    command = [PYTHON, "run_mtl.py", str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
+               *extra_args]
+    started = time.time()
+    with open(run_dir.parent / f"{run_dir.name}.log", "w", encoding="utf-8") as log:
+        process = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.time() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{row['name']}: run_mtl.py failed (exit {process.returncode}); see {log.name}")
+    train = read_json(run_dir / "train_results.json")
+    test = read_json(run_dir / "test_results.json")
+    evaluation = read_json(run_dir / "eval_results.json")
+    metrics = {key: value for key, value in {**evaluation, **test}.items()
+               if key.startswith(("eval_", "test_")) and isinstance(value, (int, float))}
+    metrics.update(sentence_scores(run_dir / "test_predictions.jsonl"))
+    state = read_json(run_dir / "trainer_state.json")
+    return dict(
+        metrics=metrics,
+        train_seconds=train.get("train_runtime"),
+        train_samples_per_second=train.get("train_samples_per_second"),
+        test_seconds=test.get("test_runtime"),
+        test_samples_per_second=test.get("test_samples_per_second"),
+        test_samples=test.get("test_samples"),
+        wall_seconds=wall,
+        best_checkpoint=state.get("best_model_checkpoint"),
+        best_metric=state.get("best_metric"),
+        epochs=state.get("epoch"),
+        steps=state.get("global_step"),
+        config=config,
+        run_command=" ".join(command[1:]),
+    )
+
+
+def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
+    """A stock single-task model trained by `transformers.Trainer`, with the recipe's data and training arguments."""
+    import numpy as np
+    import torch
+    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                              AutoTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
+                              set_seed)
+
+    sys.path.insert(0, str(ROOT))
+    from hf_mtl.data import prepare_datasets
+    from hf_mtl.evaluation import compute_metrics_from_decoded, decode_predictions
+    from hf_mtl.reports import write_predictions_jsonl
+    from hf_mtl.train import ModelArguments, parse_arguments, resolve_model_path
+
+    config = row_config(row, model)
+    config["output_dir"] = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir.parent / f"{run_dir.name}.config.json"
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    model_args, data_args, args = parse_arguments([str(config_path), *extra_args])
+    (task_dict,) = data_args.tasks
+    token_task = task_dict["type"] == "token_classification"
+    set_seed(args.seed)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data = prepare_datasets(
+        data_args.datasets, data_args.tasks, tokenizer, max_seq_length=data_args.max_seq_length,
+        label_all_tokens=data_args.label_all_tokens, seed=args.seed,
+        validation_split_percentage=data_args.validation_split_percentage,
+    )
+    (task,) = data.tasks
+    labels = list(task.labels)
+
+    def limit(dataset, count):
+        return dataset.select(range(min(count, len(dataset)))) if count is not None else dataset
+
+    train = limit(data.train, data_args.max_train_samples)
+    validation = limit(data.validation, data_args.max_eval_samples)
+    test = limit(data.test, data_args.max_eval_samples)
+    label_column = f"{task.name}_labels"
+    keep = {"input_ids", "attention_mask", "token_type_ids", "labels"}
+
+    def model_rows(dataset):
+        dataset = dataset.rename_column(label_column, "labels")
+        return dataset.remove_columns([c for c in dataset.column_names if c not in keep])
+
+    encoder_config = AutoConfig.from_pretrained(
+        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    auto = AutoModelForTokenClassification if token_task else AutoModelForSequenceClassification
+    model = auto.from_pretrained(model_path, config=encoder_config)
+    collator = (DataCollatorForTokenClassification(tokenizer) if token_task
+                else DataCollatorWithPadding(tokenizer))
+    rows_of = {"validation": validation, "test": test}
+
+    def metrics_for(split):
+        def compute(prediction):
+            logits = prediction.predictions
+            ids = np.argmax(logits, axis=-1)
+            decoded = decode_predictions([task], {task.name: ids}, rows_of[split])
+            return compute_metrics_from_decoded([task], decoded)
+        return compute
+
+    args.label_names = ["labels"]
+    args.remove_unused_columns = True
+    if args.metric_for_best_model in ("eval_score", "score"):
+        args.metric_for_best_model = "eval_score"  # compute_metrics_from_decoded gives `score` for one task too
+    trainer = Trainer(model=model, args=args, train_dataset=model_rows(train), eval_dataset=model_rows(validation),
+                      processing_class=tokenizer, data_collator=collator, compute_metrics=metrics_for("validation"))
+    train_result = trainer.train()
+    trainer.save_model()
+    results = {}
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        trainer.compute_metrics = metrics_for(split)
+        prediction = trainer.predict(model_rows(rows_of[split]), metric_key_prefix=prefix)
+        results[prefix] = prediction.metrics
+        if split == "test":
+            ids = np.argmax(prediction.predictions, axis=-1)
+            decoded = decode_predictions([task], {task.name: ids}, rows_of["test"])
+            write_predictions_jsonl(run_dir / "test_predictions.jsonl", decoded)
+    metrics = {key: value for split in results.values() for key, value in split.items()
+               if key.startswith(("eval_", "test_")) and isinstance(value, (int, float))}
+    metrics.update(sentence_scores(run_dir / "test_predictions.jsonl"))
+    del torch
+    return dict(
+        metrics=metrics,
+        train_seconds=train_result.metrics.get("train_runtime"),
+        train_samples_per_second=train_result.metrics.get("train_samples_per_second"),
+        test_seconds=results["test"].get("test_runtime"),
+        test_samples_per_second=results["test"].get("test_samples_per_second"),
+        test_samples=len(test),
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        best_metric=trainer.state.best_metric,
+        epochs=trainer.state.epoch,
+        steps=trainer.state.global_step,
+        config=config,
+        run_command="(in-process: stock Trainer, see bench/quality.py run_hf_row)",
+    )
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(
+        python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+        cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), platform=platform.platform(),
+    )
+
+
+def run_row(name: str, results_dir: Path, runs_dir: Path, force=False, extra_args=(), smoke=False, model=None) -> Path:
+    row = ROWS[name]
+    result_file = results_dir / f"{name}.json"
+    if result_file.exists() and not force:
+        print(f"{name}: {result_file} exists, skipped (--force reruns it)")
+        return result_file
+    run_dir = runs_dir / name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a fresh run: no stale checkpoint or best model from an earlier attempt
+    started = datetime.datetime.now(datetime.timezone.utc)
+    print(f"{name}: {row['describe']} -> {run_dir}", flush=True)
+    runner = run_mtl_row if row["kind"] == "mtl" else run_hf_row
+    outcome = runner(row, run_dir, extra_args, model)
+    command = (f"python bench/quality.py --smoke --smoke-row {name}" if smoke else f"python bench/quality.py --row {name}")
+    if model is not None:
+        command += f" --model {model}"
+    result = dict(row=name, setting=row["setting"], kind=row["kind"], describe=row["describe"], seed=row["seed"],
+                  command=command, smoke=smoke, started_utc=started.isoformat(timespec="seconds"),
+                  environment=environment(), **outcome)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"{name}: wrote {result_file}")
+    print(json.dumps({k: v for k, v in result["metrics"].items() if k.startswith("test_")}, indent=2))
+    return result_file
+
+
+SMOKE_ARGS = ("--max_train_samples", "96", "--max_eval_samples", "32", "--max_steps", "24",
+              "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_strategy", "no",
+              "--load_best_model_at_end", "false", "--logging_steps", "8")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the table
+
+
+def fmt(value, scale=100.0, digits=2):
+    return "–" if value is None else f"{value * scale:.{digits}f}"
+
+
+def mean_std(values, scale=100.0, digits=2):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return fmt(values[0], scale, digits)
+    return f"{statistics.mean(values) * scale:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def secs(value):
+    return "–" if value is None else f"{value:.0f}"
+
+
+SNIPS_COLUMNS = ("row", "model", "intent acc", "slot F1", "sentence acc", "train s", "test s (700)", "command")
+CONLL_COLUMNS = ("row", "model", "NER F1", "topic acc", "train s", "test s", "command")
+
+
+def table_markdown(results_dir: Path) -> str:
+    results = {name: read_json(results_dir / f"{name}.json") for name in ROWS if (results_dir / f"{name}.json").exists()}
+    lines = []
+    env = next(iter(results.values()))["environment"] if results else environment()
+    lines.append(f"Machine: {env['cpu']}, {env['cpu_count']} CPU cores (torch threads {env['torch_threads']}), "
+                 f"{env['platform']}; Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}. "
+                 f"Table generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
+                 "by `python bench/quality.py --table`; each row's own date is in its result JSON.")
+    lines.append("")
+    lines.append("Metrics on the **test** split (model selected on the validation split). Percentages. `train s` is "
+                 "Trainer's `train_runtime` (includes the per-epoch dev evaluations and checkpoint saves); `test s` "
+                 "is the `predict` call on the whole test split (metrics included).")
+    lines.append("")
+
+    def get(result, key):
+        return result["metrics"].get(key) if result else None
+
+    lines.append("### SNIPS (intent + slots), MiniLM-L6")
+    lines.append("")
+    lines.append("| " + " | ".join(SNIPS_COLUMNS) + " |")
+    lines.append("|" + "---|" * len(SNIPS_COLUMNS))
+    seeds = [results.get(f"snips_mtl_seed{s}") for s in (1, 2, 3)]
+    done = [r for r in seeds if r]
+    for name, row in ROWS.items():
+        if row["setting"] != "snips":
+            continue
+        result = results.get(name)
+        cells = [name, row["describe"]]
+        if result:
+            cells += [fmt(get(result, "test_intent_accuracy")), fmt(get(result, "test_slots_f1")),
+                      fmt(get(result, "sentence_accuracy")) if "test_intent_accuracy" in result["metrics"]
+                      and "test_slots_f1" in result["metrics"] else "–",
+                      secs(result["train_seconds"]), secs(result["test_seconds"])]
+        else:
+            cells += ["not run"] + [""] * 4
+        cells.append(f"`python bench/quality.py --row {name}`")
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(done) >= 2:
+        lines.append("| **snips_mtl (mean ± std over seeds " + ", ".join(str(r["seed"]) for r in done) + ")** | "
+                     "hf_mtl joint, recipe | "
+                     + " | ".join([mean_std([get(r, "test_intent_accuracy") for r in done]),
+                                   mean_std([get(r, "test_slots_f1") for r in done]),
+                                   mean_std([get(r, "sentence_accuracy") for r in done]),
+                                   mean_std([r["train_seconds"] for r in done], 1, 0),
+                                   mean_std([r["test_seconds"] for r in done], 1, 1)]) + " | |")
+    lines.append("| *target (BERT-base, Chen et al. 2019)* | | 98.6 | 97.0 | | ≤ 1200 | | |")
+    lines.append("")
+    lines.append("### CoNLL-2003 NER + AG News topic, MiniLM-L6")
+    lines.append("")
+    lines.append("AG News: only its 7,600-row test file exists here; `bench/quality.py` splits it by a permutation "
+                 f"with seed {AG_SEED} into 6,000 train / 800 validation / 800 test rows (text = title + description).")
+    lines.append("")
+    lines.append("| " + " | ".join(CONLL_COLUMNS) + " |")
+    lines.append("|" + "---|" * len(CONLL_COLUMNS))
+    for name, row in ROWS.items():
+        if row["setting"] != "conll_ag":
+            continue
+        result = results.get(name)
+        cells = [name, row["describe"]]
+        if result:
+            cells += [fmt(get(result, "test_ner_f1")), fmt(get(result, "test_topic_accuracy")),
+                      secs(result["train_seconds"]), secs(result["test_seconds"])]
+        else:
+            cells += ["not run"] + [""] * 3
+        cells.append(f"`python bench/quality.py --row {name}`")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_table(results_dir: Path, markdown_file: Path):
+    table = table_markdown(results_dir)
+    block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
+    text = markdown_file.read_text(encoding="utf-8") if markdown_file.exists() else "# Benchmarks\n\n"
+    if MARK_BEGIN in text and MARK_END in text:
+        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    markdown_file.write_text(text, encoding="utf-8")
+    print(f"wrote the table into {markdown_file}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--row", action="append", help="row(s) to run, in order (repeatable)")
+    action.add_argument("--list", action="store_true", help="list the rows and their result files")
+    action.add_argument("--table", action="store_true", help="rewrite the table in BENCHMARKS.md from the results")
+    action.add_argument("--smoke", action="store_true", help="CI: a few dozen steps of --smoke-row on a tiny subset")
+    parser.add_argument("--smoke-row", default="snips_mtl_seed1", help="the row --smoke runs (default %(default)s)")
+    parser.add_argument("--force", action="store_true", help="rerun rows whose result file exists")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where result JSON go (default bench/results; --smoke: a temporary folder)")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="where model folders go (default bench/runs; --smoke: inside the results folder)")
+    parser.add_argument("--model", default=None,
+                        help="replace the rows' encoder (default: the recipe's MiniLM); e.g. a tiny one for --smoke")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+
+    if args.list:
+        results_dir = args.results_dir or RESULTS
+        for name, row in ROWS.items():
+            state = "done" if (results_dir / f"{name}.json").exists() else "to run"
+            print(f"{name:<28} {state:<7} {row['describe']}")
+        return 0
+    if args.table:
+        write_table(args.results_dir or RESULTS, args.markdown)
+        return 0
+    if not SHARED.is_dir():
+        raise SystemExit(f"no data folder {SHARED}: the benchmark needs ../shared/data")
+    if args.smoke:
+        results_dir = args.results_dir or Path(tempfile.mkdtemp(prefix="hf_mtl_bench_smoke_"))
+        runs_dir = args.runs_dir or results_dir / "runs"
+        if args.smoke_row not in ROWS:
+            raise SystemExit(f"unknown row {args.smoke_row!r}; --list shows them")
+        run_row(args.smoke_row, results_dir, runs_dir, force=True, extra_args=SMOKE_ARGS, smoke=True, model=args.model)
+        return 0
+    if args.model is not None and args.results_dir is None:
+        raise SystemExit("--model needs --results-dir: bench/results holds the recipe encoder's numbers only")
+    unknown = [name for name in args.row if name not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; --list shows them")
+    for name in args.row:
+        run_row(name, args.results_dir or RESULTS, args.runs_dir or RUNS, force=args.force, model=args.model)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
