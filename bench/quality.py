@@ -1,7 +1,8 @@
 """Quality benchmark of hf_mtl (issue 6): one command per row, results kept as JSON, a table for BENCHMARKS.md.
 
     python bench/quality.py --list                      # the rows, and which have results
-    python bench/quality.py --row snips_mtl_seed1       # run one row (skipped when its result exists; --force reruns)
+    python bench/quality.py --threads 1 --row snips_mtl_seed1   # run one row (skipped when its result exists;
+                                                                # --force reruns); --threads 1 is how the table ran
     python bench/quality.py --table                     # rewrite the results table in BENCHMARKS.md
     python bench/quality.py --smoke [--results-dir D]   # CI: a few dozen steps of a row on a tiny subset
 
@@ -345,6 +346,8 @@ def run_row(name: str, results_dir: Path, runs_dir: Path, force=False, extra_arg
     runner = run_mtl_row if row["kind"] == "mtl" else run_hf_row
     outcome = runner(row, run_dir, extra_args, model)
     command = (f"python bench/quality.py --smoke --smoke-row {name}" if smoke else f"python bench/quality.py --row {name}")
+    if os.environ.get("OMP_NUM_THREADS") and os.environ.get("MKL_NUM_THREADS") == os.environ["OMP_NUM_THREADS"]:
+        command += f" --threads {os.environ['OMP_NUM_THREADS']}"
     if model is not None:
         command += f" --model {model}"
     result = dict(row=name, setting=row["setting"], kind=row["kind"], describe=row["describe"], seed=row["seed"],
@@ -379,12 +382,26 @@ def mean_std(values, scale=100.0, digits=2):
     return f"{statistics.mean(values) * scale:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
-def secs(value):
-    return "–" if value is None else f"{value:.0f}"
+def secs(value, digits=0):
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
-SNIPS_COLUMNS = ("row", "model", "intent acc", "slot F1", "sentence acc", "train s", "test s (700)", "command")
-CONLL_COLUMNS = ("row", "model", "NER F1", "topic acc", "train s", "test s", "command")
+def default_command(name):
+    return f"python bench/quality.py --threads 1 --row {name}"
+
+
+SNIPS_COLUMNS = ("row", "model", "intent acc", "slot F1", "sentence acc", "train s", "test s (700)", "best epoch",
+                 "command")
+CONLL_COLUMNS = ("row", "model", "NER F1", "topic acc", "train s", "test s", "best epoch", "command")
+
+
+def best_epoch(result) -> str:
+    """The epoch of the checkpoint `load_best_model_at_end` kept (dev-selected), of the epochs trained."""
+    match = re.search(r"checkpoint-(\d+)", result.get("best_checkpoint") or "")
+    if not match or not result.get("steps") or not result.get("epochs"):
+        return "–"
+    per_epoch = result["steps"] / result["epochs"]
+    return f"{round(int(match.group(1)) / per_epoch)} of {round(result['epochs'])}"
 
 
 def table_markdown(results_dir: Path) -> str:
@@ -419,10 +436,10 @@ def table_markdown(results_dir: Path) -> str:
             cells += [fmt(get(result, "test_intent_accuracy")), fmt(get(result, "test_slots_f1")),
                       fmt(get(result, "sentence_accuracy")) if "test_intent_accuracy" in result["metrics"]
                       and "test_slots_f1" in result["metrics"] else "–",
-                      secs(result["train_seconds"]), secs(result["test_seconds"])]
+                      secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result)]
         else:
-            cells += ["not run"] + [""] * 4
-        cells.append(f"`python bench/quality.py --row {name}`")
+            cells += ["not run"] + [""] * 5
+        cells.append(f"`{result['command'] if result else default_command(name)}`")
         lines.append("| " + " | ".join(cells) + " |")
     if len(done) >= 2:
         lines.append("| **snips_mtl (mean ± std over seeds " + ", ".join(str(r["seed"]) for r in done) + ")** | "
@@ -431,8 +448,8 @@ def table_markdown(results_dir: Path) -> str:
                                    mean_std([get(r, "test_slots_f1") for r in done]),
                                    mean_std([get(r, "sentence_accuracy") for r in done]),
                                    mean_std([r["train_seconds"] for r in done], 1, 0),
-                                   mean_std([r["test_seconds"] for r in done], 1, 1)]) + " | |")
-    lines.append("| *target (BERT-base, Chen et al. 2019)* | | 98.6 | 97.0 | | ≤ 1200 | | |")
+                                   mean_std([r["test_seconds"] for r in done], 1, 1)]) + " | | |")
+    lines.append("| *target (BERT-base, Chen et al. 2019)* | | 98.6 | 97.0 | | ≤ 1200 | | | |")
     lines.append("")
     lines.append("### CoNLL-2003 NER + AG News topic, MiniLM-L6")
     lines.append("")
@@ -448,10 +465,10 @@ def table_markdown(results_dir: Path) -> str:
         cells = [name, row["describe"]]
         if result:
             cells += [fmt(get(result, "test_ner_f1")), fmt(get(result, "test_topic_accuracy")),
-                      secs(result["train_seconds"]), secs(result["test_seconds"])]
+                      secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result)]
         else:
-            cells += ["not run"] + [""] * 3
-        cells.append(f"`python bench/quality.py --row {name}`")
+            cells += ["not run"] + [""] * 4
+        cells.append(f"`{result['command'] if result else default_command(name)}`")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
@@ -487,9 +504,13 @@ def main(argv=None):
                         help="where model folders go (default bench/runs; --smoke: inside the results folder)")
     parser.add_argument("--model", default=None,
                         help="replace the rows' encoder (default: the recipe's MiniLM); e.g. a tiny one for --smoke")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch/OpenMP threads (OMP_NUM_THREADS) for the runs; default: torch's (one per core)")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
     os.chdir(ROOT)
+    if args.threads is not None:  # before torch is imported here, and inherited by the run_mtl.py subprocesses
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
 
     if args.list:
         results_dir = args.results_dir or RESULTS

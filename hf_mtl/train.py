@@ -32,6 +32,7 @@ from .training import (
     MultiTaskTrainer,
     apply_freezing,
     encoder_layers,
+    fall_back_from_emulated_bf16,
     last_complete_checkpoint,
     parameter_summary,
 )
@@ -285,6 +286,7 @@ def main(argv=None):
         log_level = logging.INFO if training_args.should_log else logging.WARNING
     logging.getLogger("hf_mtl").setLevel(log_level)
     set_seed(training_args.seed)
+    fall_back_from_emulated_bf16(training_args)
 
     # ---- data ----------------------------------------------------------------------------------------------------
     model_path = resolve_model_path(model_args.model_name_or_path)

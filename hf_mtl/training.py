@@ -14,6 +14,25 @@ from .errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it oneDNN emulates bf16, and a
+    bf16 matmul measured 70x slower than float32 on an AVX2-only EPYC (0.9 vs 65 GFLOP/s on one core)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def fall_back_from_emulated_bf16(training_args) -> bool:
+    """Train in float32 when `bf16` asks for autocast on a CPU that only emulates bfloat16; says so once."""
+    if not training_args.bf16 or training_args.device.type != "cpu" or cpu_has_native_bf16():
+        return False
+    logger.warning(
+        "bf16: this CPU has no native bfloat16 (no AVX512-BF16 or AMX), so bf16 autocast would be many times slower "
+        "than float32 here; training in float32 instead (training_args.json records bf16=false)."
+    )
+    training_args.bf16 = False
+    training_args.mixed_precision = "no"
+    return True
+
+
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
     """The encoder's stack of transformer layers (BERT/RoBERTa/DeBERTa-v2 `encoder.layer`, DistilBERT `transformer.layer`)."""
     config = encoder.config

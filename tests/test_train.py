@@ -1,6 +1,7 @@
 """run_mtl end to end on a tiny random encoder and tiny joint data: outputs, freezing, LR groups, loss weighting."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from transformers import AutoModel
 from hf_mtl import MultiTaskModel
 from hf_mtl.errors import ConfigError
 from hf_mtl.train import parse_arguments
-from hf_mtl.training import optimizer_parameter_groups
+from hf_mtl.training import MultiTaskTrainer, optimizer_parameter_groups
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,10 @@ def test_uncertainty_weighting_and_balanced_class_weights_are_saved(tmp_path, en
     assert len(weights_topic) == 4 and all(weight > 0 for weight in weights_topic)
 
 
-def test_bf16_on_cpu_with_gradient_accumulation(tmp_path, encoder_dir, data_dir):
+def test_bf16_on_cpu_with_gradient_accumulation(tmp_path, encoder_dir, data_dir, monkeypatch):
+    # Pretend the CPU has native bf16 so that the autocast path runs on any machine (emulated bf16 is slow but the
+    # tiny encoder keeps it cheap).
+    monkeypatch.setattr("hf_mtl.training.cpu_has_native_bf16", lambda: True)
     config = joint_config(encoder_dir, data_dir, tmp_path / "out", bf16=True, gradient_accumulation_steps=2,
                           max_steps=2, do_predict=False)
     results = run_config(config, tmp_path)
@@ -154,6 +158,24 @@ def test_bf16_on_cpu_with_gradient_accumulation(tmp_path, encoder_dir, data_dir)
     # 2 optimizer steps x 2 accumulated batches x 8 rows = 32 of the 48 training rows
     assert state["global_step"] == 2 and state["epoch"] == pytest.approx(32 / 48)
     assert json.loads((tmp_path / "out" / "training_args.json").read_text())["bf16"] is True
+
+
+def test_bf16_falls_back_to_float32_on_a_cpu_without_native_bf16(tmp_path, encoder_dir, data_dir, monkeypatch, caplog):
+    monkeypatch.setattr("hf_mtl.training.cpu_has_native_bf16", lambda: False)
+    seen = {}
+    original_step = MultiTaskTrainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        seen["mixed_precision"] = self.accelerator.mixed_precision
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiTaskTrainer, "training_step", training_step)
+    config = joint_config(encoder_dir, data_dir, tmp_path / "out", bf16=True, max_steps=1, do_predict=False)
+    with caplog.at_level(logging.WARNING, logger="hf_mtl"):
+        run_config(config, tmp_path)
+    assert seen["mixed_precision"] == "no"
+    assert json.loads((tmp_path / "out" / "training_args.json").read_text())["bf16"] is False
+    assert any("no native bfloat16" in record.getMessage() for record in caplog.records)
 
 
 def test_command_line_overrides_the_json_and_unknown_keys_are_named(tmp_path, encoder_dir, data_dir):
