@@ -22,7 +22,6 @@ import csv
 import datetime
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -32,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import environment, replace_section  # bench/benchlib.py: a script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -198,6 +199,7 @@ def run_mtl_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     state = read_json(run_dir / "trainer_state.json")
     return dict(
         metrics=metrics,
+        precision="bf16" if read_json(run_dir / "training_args.json").get("bf16") else "fp32",
         train_seconds=train.get("train_runtime"),
         train_samples_per_second=train.get("train_samples_per_second"),
         test_seconds=test.get("test_runtime"),
@@ -225,7 +227,8 @@ def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     from hf_mtl.data import prepare_datasets
     from hf_mtl.evaluation import compute_metrics_from_decoded, decode_predictions
     from hf_mtl.reports import write_predictions_jsonl
-    from hf_mtl.train import ModelArguments, parse_arguments, resolve_model_path
+    from hf_mtl.train import parse_arguments, resolve_model_path
+    from hf_mtl.training import fall_back_from_emulated_bf16
 
     config = row_config(row, model)
     config["output_dir"] = str(run_dir)
@@ -233,6 +236,7 @@ def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     config_path = run_dir.parent / f"{run_dir.name}.config.json"
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     model_args, data_args, args = parse_arguments([str(config_path), *extra_args])
+    fall_back_from_emulated_bf16(args)  # the same precision as the hf_mtl rows on this machine
     (task_dict,) = data_args.tasks
     token_task = task_dict["type"] == "token_classification"
     set_seed(args.seed)
@@ -300,6 +304,7 @@ def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     del torch
     return dict(
         metrics=metrics,
+        precision="bf16" if args.bf16 else "fp32",
         train_seconds=train_result.metrics.get("train_runtime"),
         train_samples_per_second=train_result.metrics.get("train_samples_per_second"),
         test_seconds=results["test"].get("test_runtime"),
@@ -314,22 +319,6 @@ def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     )
 
 
-def environment() -> dict:
-    import torch
-    import transformers
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(
-        python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-        cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), platform=platform.platform(),
-    )
 
 
 def run_row(name: str, results_dir: Path, runs_dir: Path, force=False, extra_args=(), smoke=False, model=None) -> Path:
@@ -391,8 +380,8 @@ def default_command(name):
 
 
 SNIPS_COLUMNS = ("row", "model", "intent acc", "slot F1", "sentence acc", "train s", "test s (700)", "best epoch",
-                 "command")
-CONLL_COLUMNS = ("row", "model", "NER F1", "topic acc", "train s", "test s", "best epoch", "command")
+                 "run on", "command")
+CONLL_COLUMNS = ("row", "model", "NER F1", "topic acc", "train s", "test s", "best epoch", "run on", "command")
 
 
 def best_epoch(result) -> str:
@@ -404,19 +393,39 @@ def best_epoch(result) -> str:
     return f"{round(int(match.group(1)) / per_epoch)} of {round(result['epochs'])}"
 
 
+def machine_label(env: dict) -> str:
+    bf16 = "native bf16" if env.get("native_bf16") else f"no native bf16 ({env.get('cpu_capability', '?')})"
+    return (f"{env['cpu']}, {env['cpu_count']} CPU cores, {bf16}, torch threads {env['torch_threads']}, "
+            f"{env['platform']}; Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}")
+
+
+def machine_labels(results) -> dict:
+    """Machine description -> number, in the order the rows first ran on it."""
+    labels = {}
+    for result in sorted(results, key=lambda result: result.get("started_utc", "")):
+        labels.setdefault(machine_label(result["environment"]), len(labels) + 1)
+    return labels
+
+
 def table_markdown(results_dir: Path) -> str:
     results = {name: read_json(results_dir / f"{name}.json") for name in ROWS if (results_dir / f"{name}.json").exists()}
     lines = []
-    env = next(iter(results.values()))["environment"] if results else environment()
-    lines.append(f"Machine: {env['cpu']}, {env['cpu_count']} CPU cores (torch threads {env['torch_threads']}), "
-                 f"{env['platform']}; Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}. "
-                 f"Table generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
-                 "by `python bench/quality.py --table`; each row's own date is in its result JSON.")
+    machines = machine_labels(results.values())
+    for label, index in machines.items():
+        lines.append(f"- Machine M{index}: {label}")
+    lines.append("")
+    lines.append(f"Table generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+                 "`python bench/quality.py --table`; each row's own date and machine are in its result JSON.")
     lines.append("")
     lines.append("Metrics on the **test** split (model selected on the validation split). Percentages. `train s` is "
                  "Trainer's `train_runtime` (includes the per-epoch dev evaluations and checkpoint saves); `test s` "
-                 "is the `predict` call on the whole test split (metrics included).")
+                 "is the `predict` call on the whole test split (metrics included). `run on` is the machine and the "
+                 "precision the row trained in: the recipes ask for bf16, which hf_mtl turns into float32 on a CPU "
+                 "without native bfloat16.")
     lines.append("")
+
+    def run_on(result):
+        return f"M{machines[machine_label(result['environment'])]} {result.get('precision', '?')}"
 
     def get(result, key):
         return result["metrics"].get(key) if result else None
@@ -436,9 +445,10 @@ def table_markdown(results_dir: Path) -> str:
             cells += [fmt(get(result, "test_intent_accuracy")), fmt(get(result, "test_slots_f1")),
                       fmt(get(result, "sentence_accuracy")) if "test_intent_accuracy" in result["metrics"]
                       and "test_slots_f1" in result["metrics"] else "–",
-                      secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result)]
+                      secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result),
+                      run_on(result)]
         else:
-            cells += ["not run"] + [""] * 5
+            cells += ["not run"] + [""] * 6
         cells.append(f"`{result['command'] if result else default_command(name)}`")
         lines.append("| " + " | ".join(cells) + " |")
     if len(done) >= 2:
@@ -448,8 +458,9 @@ def table_markdown(results_dir: Path) -> str:
                                    mean_std([get(r, "test_slots_f1") for r in done]),
                                    mean_std([get(r, "sentence_accuracy") for r in done]),
                                    mean_std([r["train_seconds"] for r in done], 1, 0),
-                                   mean_std([r["test_seconds"] for r in done], 1, 1)]) + " | | |")
-    lines.append("| *target (BERT-base, Chen et al. 2019)* | | 98.6 | 97.0 | | ≤ 1200 | | | |")
+                                   mean_std([r["test_seconds"] for r in done], 1, 1)]) + " | | "
+                     + ", ".join(run_on(r) for r in done) + " | |")
+    lines.append("| *target (BERT-base, Chen et al. 2019)* | | 98.6 | 97.0 | | ≤ 1200 | | | | |")
     lines.append("")
     lines.append("### CoNLL-2003 NER + AG News topic, MiniLM-L6")
     lines.append("")
@@ -465,9 +476,10 @@ def table_markdown(results_dir: Path) -> str:
         cells = [name, row["describe"]]
         if result:
             cells += [fmt(get(result, "test_ner_f1")), fmt(get(result, "test_topic_accuracy")),
-                      secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result)]
+                      secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result),
+                      run_on(result)]
         else:
-            cells += ["not run"] + [""] * 4
+            cells += ["not run"] + [""] * 5
         cells.append(f"`{result['command'] if result else default_command(name)}`")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -476,13 +488,7 @@ def table_markdown(results_dir: Path) -> str:
 
 def write_table(results_dir: Path, markdown_file: Path):
     table = table_markdown(results_dir)
-    block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-    text = markdown_file.read_text(encoding="utf-8") if markdown_file.exists() else "# Benchmarks\n\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    markdown_file.write_text(text, encoding="utf-8")
+    replace_section(markdown_file, MARK_BEGIN, MARK_END, table)
     print(f"wrote the table into {markdown_file}")
 
 

@@ -42,6 +42,16 @@ def tiny_encoder_config(model_type: str = "bert", vocab_size: int = 30522, **ove
 
 
 @pytest.fixture
+def tiny_encoder(tmp_path, tokenizer):
+    from transformers import AutoModel
+
+    folder = tmp_path / "tiny-bert"
+    AutoModel.from_config(tiny_encoder_config("bert")).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
 def tiny_bert_config():
     return tiny_encoder_config("bert")
 

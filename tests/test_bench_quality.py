@@ -5,19 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, SHARED_DATA, tiny_encoder_config
+from conftest import REPO_ROOT, SHARED_DATA
 
 QUALITY = REPO_ROOT / "bench" / "quality.py"
-
-
-@pytest.fixture
-def tiny_encoder(tmp_path, tokenizer):
-    from transformers import AutoModel
-
-    folder = tmp_path / "tiny-bert"
-    AutoModel.from_config(tiny_encoder_config("bert")).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def run_quality(*args, timeout=120):

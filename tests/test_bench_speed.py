@@ -1,0 +1,91 @@
+"""CI smoke test of the speed benchmark (bench/speed.py --smoke): a tiny random encoder, seconds, never the benchmark."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, SHARED_DATA
+
+SPEED = REPO_ROOT / "bench" / "speed.py"
+INFERENCE = ["hf_mtl_pipeline_default", "hf_mtl_pipeline_fp32", "hf_mtl_pipeline_bf16", "hf_two_models_fp32",
+             "hf_two_models_bf16", "hf_pipelines_fp32", "hf_pipelines_bf16"]
+TRAINING = ["hf_mtl_joint_fp32", "hf_mtl_joint_bf16", "hf_two_models_fp32", "hf_two_models_bf16"]
+BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
+
+
+def run_speed(*args, timeout=240):
+    return subprocess.run([sys.executable, str(SPEED), *map(str, args)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_encoder):
+    if not (SHARED_DATA / "snips").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (only present in the project's own checkouts)")
+    out, markdown = tmp_path / "out" / "speed.json", tmp_path / "BENCHMARKS.md"
+    markdown.write_text("# Benchmarks\n\nQuality intro.\n\n## Results\n\nkept as it is\n", encoding="utf-8")
+    args = ("--smoke", "--threads", "1", "--model", tiny_encoder, "--out", out, "--markdown", markdown)
+
+    done = run_speed(*args, "--profile")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["smoke"] is True and result["environment"]["torch_threads"] == 1
+    assert {p["precision"] for p in result["peak"]} == {"fp32", "bf16"}
+    assert all(p["gflops"] > 0 for p in result["peak"])
+    assert result["bf16"]["emulated"] is (not result["environment"]["native_bf16"])
+
+    inference = result["inference"]
+    assert sorted(inference) == sorted(INFERENCE)
+    for key, row in inference.items():
+        assert "error" not in row, (key, row.get("error"))
+        assert row["sentences"] > 0 and row["sentences_per_second"] > 0, key
+        assert row["computed_tokens"] >= row["real_tokens"] > 0, key
+        assert row["model_gflops"] > 0 and 0 < row["share_of_peak"], key
+        assert row["peak_rss_mib"] > 0, key
+    # Two stock models compute twice the FLOPs of one joint pass over the same tokens.
+    assert inference["hf_two_models_fp32"]["model_gflop"] > inference["hf_mtl_pipeline_fp32"]["model_gflop"]
+
+    for name, ratio in result["ratios"].items():
+        ours, theirs = inference[ratio["ours"]], inference[ratio["theirs"]]
+        assert ratio["ratio"] == pytest.approx(ours["sentences_per_second"] / theirs["sentences_per_second"]), name
+        assert ratio["reached"] is (ratio["ratio"] >= ratio["target"]), name
+
+    assert sorted(result["training"]) == sorted(TRAINING)
+    for key, row in result["training"].items():
+        assert "error" not in row, (key, row.get("error"))
+        assert row["tokens_per_second"] > 0 and row["steps"] > 0, key
+        assert row["computed_tokens"] >= row["real_tokens"] > 0, key
+    padding = result["padding"]
+    assert padding["pad_to_128"] > padding["training_group_by_length_32"] >= 1
+    assert padding["inference_length_sorted_64"] >= 1
+    assert "skipped" in result["bf16_accuracy"]
+    assert "self CPU" in (out.parent / "speed_profile.txt").read_text()
+
+    first = markdown.read_text(encoding="utf-8")
+    assert first.count(BEGIN) == 1 and first.count(END) == 1 and first.count("## Speed") == 1
+    assert first.startswith("# Benchmarks\n\nQuality intro.\n\n## Results\n\nkept as it is\n")
+    section = first[first.index(BEGIN):first.index(END)]
+    assert "| hf_two_models | fp32 |" in section and "| hf_mtl_joint | bf16 |" in section
+
+    again = run_speed(*args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    second = markdown.read_text(encoding="utf-8")
+    assert second.count(BEGIN) == 1 and second.count(END) == 1 and second.count("## Speed") == 1
+    assert second[:second.index(BEGIN)] == first[:first.index(BEGIN)]
+    assert second != first  # the section is the new run's (its date and timings), not the old one
+    assert json.loads(out.read_text())["environment"]["date"] in second
+
+
+def test_length_grouped_batches_cover_every_row_once(monkeypatch):
+    monkeypatch.syspath_prepend(str(SPEED.parent))  # as when run as a script: bench/benchlib.py is importable
+    spec = importlib.util.spec_from_file_location("bench_speed", SPEED)
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    lengths = [(index * 37) % 29 + 3 for index in range(3300)]
+    batches = speed.length_grouped_batches(lengths, 32)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
+    assert all(len(batch) <= 32 for batch in batches)
+    megabatch = batches[: speed.MEGABATCH_MULT]  # longest first within a mega-batch
+    assert [lengths[batch[0]] for batch in megabatch] == sorted((lengths[batch[0]] for batch in megabatch), reverse=True)
+    assert 1 <= speed.padding_of(batches, lengths) < speed.padding_of([list(range(len(lengths)))], lengths)
