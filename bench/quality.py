@@ -218,7 +218,7 @@ def run_mtl_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
 def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     """A stock single-task model trained by `transformers.Trainer`, with the recipe's data and training arguments."""
     import numpy as np
-    import torch
+    from torch.utils.data import SequentialSampler
     from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
                               AutoTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
                               set_seed)
@@ -285,7 +285,14 @@ def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     args.remove_unused_columns = True
     if args.metric_for_best_model in ("eval_score", "score"):
         args.metric_for_best_model = "eval_score"  # compute_metrics_from_decoded gives `score` for one task too
-    trainer = Trainer(model=model, args=args, train_dataset=model_rows(train), eval_dataset=model_rows(validation),
+    class InOrderEvalTrainer(Trainer):
+        # transformers 5 also length-groups (and shuffles) evaluation batches under `group_by_length`; the word-level
+        # scoring below pairs predictions with rows by position, so evaluation reads the rows in order. Training is
+        # untouched: this is the one change to stock Trainer (hf_mtl's MultiTaskTrainer does the same).
+        def _get_eval_sampler(self, eval_dataset):
+            return SequentialSampler(eval_dataset)
+
+    trainer = InOrderEvalTrainer(model=model, args=args, train_dataset=model_rows(train), eval_dataset=model_rows(validation),
                       processing_class=tokenizer, data_collator=collator, compute_metrics=metrics_for("validation"))
     train_result = trainer.train()
     trainer.save_model()
@@ -301,7 +308,6 @@ def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     metrics = {key: value for split in results.values() for key, value in split.items()
                if key.startswith(("eval_", "test_")) and isinstance(value, (int, float))}
     metrics.update(sentence_scores(run_dir / "test_predictions.jsonl"))
-    del torch
     return dict(
         metrics=metrics,
         precision="bf16" if args.bf16 else "fp32",

@@ -646,11 +646,11 @@ def num(value, digits=1):
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
-
 def not_measured_row(result: dict) -> str:
     """A table row (8 columns) for a job that failed: its method, precision and error."""
     return (f"| {result['job']['method']} | {result['job']['precision']} | not measured: {result['error'][:100]} "
             "| | | | | |")
+
 
 def markdown(summary: dict) -> str:
     env, bf16 = summary["environment"], summary["bf16"]
