@@ -162,7 +162,12 @@ def resolve_model_path(name_or_path: str) -> str:
             ) from None
     if name_or_path.startswith("package:"):
         raise ConfigError(f"model_name_or_path: unknown packaged model {name_or_path!r}; known: {sorted(PACKAGED_MODELS)}")
-    return name_or_path
+    # A Hub id is `name` or `org/name`; anything else that does not exist would otherwise reach the Hub and fail
+    # there with a network or "not a valid model identifier" error instead of naming the missing folder.
+    looks_local = name_or_path.startswith(("/", "./", "../", "~", ".\\")) or name_or_path.count("/") > 1
+    if looks_local and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise ConfigError(f"model_name_or_path: the folder {name_or_path!r} does not exist")
+    return os.path.expanduser(name_or_path) if looks_local else name_or_path
 
 
 def resolve_resume(value, output_dir):

@@ -11,7 +11,7 @@ from transformers import AutoModel
 
 from hf_mtl import MultiTaskModel
 from hf_mtl.errors import ConfigError
-from hf_mtl.train import parse_arguments
+from hf_mtl.train import parse_arguments, resolve_model_path
 from hf_mtl.training import MultiTaskTrainer, optimizer_parameter_groups
 
 
@@ -234,3 +234,15 @@ def test_a_trained_model_keeps_its_pooling_unless_told_otherwise(tmp_path, encod
     config = joint_config(start, data_dir, tmp_path / "out2", pooling="mean", do_eval=False, do_predict=False)
     with pytest.raises(ConfigError, match="pooling.*'cls'"):
         run_config(config, tmp_path)
+
+
+def test_a_missing_local_model_folder_is_named_instead_of_asked_from_the_hub(tmp_path):
+    missing = tmp_path / "models" / "mine"
+    with pytest.raises(ConfigError, match=r"model_name_or_path: the folder .*models/mine.* does not exist"):
+        resolve_model_path(str(missing))
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_model_path("./no-such-model")
+    (tmp_path / "models").mkdir()
+    assert resolve_model_path(str(tmp_path / "models")) == str(tmp_path / "models")
+    assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"  # Hub ids pass through untouched
+    assert resolve_model_path("google-bert/bert-base-uncased") == "google-bert/bert-base-uncased"
