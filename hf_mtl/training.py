@@ -188,6 +188,17 @@ class MultiTaskTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    def _get_dataloader(self, *args, is_training=False, **kwargs):
+        # `dataloader_drop_last` is meant for training batches; evaluation and prediction must see every row, since
+        # their decoding pairs prediction i with row i (stock Trainer drops the last partial batch there too).
+        if is_training or not self.args.dataloader_drop_last:
+            return super()._get_dataloader(*args, is_training=is_training, **kwargs)
+        self.args.dataloader_drop_last = False
+        try:
+            return super()._get_dataloader(*args, is_training=is_training, **kwargs)
+        finally:
+            self.args.dataloader_drop_last = True
+
     def _get_eval_sampler(self, eval_dataset):
         # Metrics pair prediction i with row i of the data set (its word-level gold), so evaluation keeps the data
         # set's order even when training groups by length.

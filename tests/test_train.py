@@ -246,3 +246,17 @@ def test_a_missing_local_model_folder_is_named_instead_of_asked_from_the_hub(tmp
     assert resolve_model_path(str(tmp_path / "models")) == str(tmp_path / "models")
     assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"  # Hub ids pass through untouched
     assert resolve_model_path("google-bert/bert-base-uncased") == "google-bert/bert-base-uncased"
+
+
+def test_drop_last_drops_only_training_rows(tmp_path, encoder_dir, data_dir):
+    # 16 validation / test rows in batches of 6: stock Trainer would drop the last 4 of each split.
+    config = joint_config(encoder_dir, data_dir, tmp_path / "out", dataloader_drop_last=True,
+                          per_device_eval_batch_size=6, max_steps=None, num_train_epochs=1, eval_strategy="epoch",
+                          per_device_train_batch_size=10)
+    config.pop("max_steps")
+    run_config(config, tmp_path)
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4  # 48 training rows in batches of 10: the partial last batch is dropped
+    predictions = (tmp_path / "out" / "test_predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 16
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_samples"] == 16
