@@ -8,15 +8,11 @@ import re
 from pathlib import Path
 
 
-def native_bf16() -> bool:
-    import torch
-
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
 def environment() -> dict:
     import torch
     import transformers
+
+    from hf_mtl.training import cpu_has_native_bf16
 
     cpu = platform.processor() or ""
     try:
@@ -28,7 +24,7 @@ def environment() -> dict:
         pass
     return dict(
         cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
-        cpu_capability=torch.backends.cpu.get_cpu_capability(), native_bf16=native_bf16(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(), native_bf16=cpu_has_native_bf16(),
         python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
         platform=platform.platform(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )

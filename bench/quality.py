@@ -292,8 +292,9 @@ def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
         def _get_eval_sampler(self, eval_dataset):
             return SequentialSampler(eval_dataset)
 
-    trainer = InOrderEvalTrainer(model=model, args=args, train_dataset=model_rows(train), eval_dataset=model_rows(validation),
-                      processing_class=tokenizer, data_collator=collator, compute_metrics=metrics_for("validation"))
+    trainer = InOrderEvalTrainer(model=model, args=args, train_dataset=model_rows(train),
+                                 eval_dataset=model_rows(validation), processing_class=tokenizer,
+                                 data_collator=collator, compute_metrics=metrics_for("validation"))
     train_result = trainer.train()
     trainer.save_model()
     results = {}
@@ -323,8 +324,6 @@ def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
         config=config,
         run_command="(in-process: stock Trainer, see bench/quality.py run_hf_row)",
     )
-
-
 
 
 def run_row(name: str, results_dir: Path, runs_dir: Path, force=False, extra_args=(), smoke=False, model=None) -> Path:

@@ -343,14 +343,13 @@ def _encode_train_rows(job: dict, tokenizer) -> list:
 
 
 def length_grouped_batches(lengths: list, batch_size: int, seed: int = 0) -> list:
-    """Trainer's group_by_length: a random permutation, sorted by length (longest first) within mega-batches."""
+    """Trainer's group_by_length order (transformers' own helper), cut into batches."""
     import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
-    size = batch_size * MEGABATCH_MULT
-    megabatches = [sorted(order[i:i + size], key=lambda index: lengths[index], reverse=True)
-                   for i in range(0, len(order), size)]
-    return [mega[i:i + batch_size] for mega in megabatches for i in range(0, len(mega), batch_size)]
+    order = get_length_grouped_indices(lengths, batch_size, mega_batch_mult=MEGABATCH_MULT,
+                                       generator=torch.Generator().manual_seed(seed))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def padding_of(batches: list, lengths: list) -> float:
