@@ -20,7 +20,9 @@ What is measured, in this order:
 4. padding overhead (computed / real tokens) of these batchings against padding every row to 128;
 5. with `--trained-model`, dev intent accuracy and slot F1 in fp32 and bf16.
 
-Every method runs in its own subprocess (`--worker`), so its peak RSS is its own; medians over `--repeats`. On a CPU
+Jobs run in subprocesses (`--worker`); medians over `--repeats`. The inference methods are timed in one process, taking
+turns every 1,000 sentences, so that the machine's changing speed (2x swings within seconds on a shared 2-vCPU VM)
+falls on all of them alike; each method's peak RSS comes from a process of its own. On a CPU
 without native bfloat16 (no AVX512-BF16 / AMX) bf16 is emulated and slower than fp32 (a MiniLM forward
 ~7x, a bare matmul up to ~60x): the bf16 columns are then measured on a small subset only, and the JSON says so.
 """
@@ -51,6 +53,9 @@ MEGABATCH_MULT = 50  # transformers' LengthGroupedSampler: sort by length within
 PAD_TO = 128  # the SNIPS recipe's max_seq_length
 EMULATED_BF16_SENTENCES = 128  # bf16 subset when bf16 is only emulated (each forward ~7x slower)
 EMULATED_BF16_STEPS = 3
+# Inference methods take turns every this many sentences: this 2-vCPU VM's speed swung by 2x within seconds (a 1024^2
+# matmul loop: 72-78 GFLOP/s for 5 s, then 140-168), so whole passes one after the other compared minutes, not methods.
+BLOCK_SENTENCES = 1000
 TARGETS = {"vs_hf_two_models": 1.9, "vs_hf_pipelines": 3.0, "padding": 1.10, "bf16_accuracy_points": 0.2}
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -281,31 +286,73 @@ INFER_METHODS = {
 
 
 def run_inference(job: dict) -> dict:
-    """Warm up on a few rows, then time `repeats` passes over all rows; tokens and FLOPs from the last pass."""
+    """
+    Time every method of `job["methods"]` on the same sentences, taking turns block by block (`BLOCK_SENTENCES`, the
+    order rotating from block to block), `repeats` times; per method the median over repeats of its summed block times.
+    Tokens and FLOPs come from the last repeat. A method that fails is reported with its error and leaves the rotation.
+    """
     rows = repeated(read_snips("test"), job["sentences"])
-    run, models, facts = INFER_METHODS[job["method"]](job)
-    recorders = [PassRecorder(model) for model in models]
-    run(rows[:64])  # the first calls pay one-off costs (kernel selection, lazy imports)
-    seconds = []
-    for _ in range(job["repeats"]):
-        for recorder in recorders:
-            recorder.passes.clear()
-        started = time.perf_counter()
-        run(rows)
-        seconds.append(time.perf_counter() - started)
-    totals = [recorder.totals() for recorder in recorders]
+    blocks = [rows[start:start + BLOCK_SENTENCES] for start in range(0, len(rows), BLOCK_SENTENCES)]
+    methods, results = {}, {}
+    for method in job["methods"]:
+        method_job = dict(kind="infer", sentences=len(rows), **method)
+        key = key_of(dict(job=method_job))
+        try:
+            run, models, facts = INFER_METHODS[method["method"]](dict(job, **method))
+            recorders = [PassRecorder(model) for model in models]
+            run(rows[:64])  # the first calls pay one-off costs (kernel selection, lazy imports)
+            methods[key] = dict(job=method_job, run=run, recorders=recorders, facts=facts, seconds=[])
+        except Exception as error:  # noqa: BLE001  (kept in the report: why a row is missing)
+            results[key] = dict(job=method_job, error=f"{type(error).__name__}: {error}")
+    for repeat in range(job["repeats"]):
+        for method in methods.values():
+            method["seconds"].append(0.0)
+            for recorder in method["recorders"]:
+                recorder.passes.clear()
+        for number, block in enumerate(blocks):
+            keys = [key for key in methods if key not in results]
+            shift = (number + repeat) % max(len(keys), 1)
+            for key in keys[shift:] + keys[:shift]:
+                started = time.perf_counter()
+                try:
+                    methods[key]["run"](block)
+                except Exception as error:  # noqa: BLE001
+                    results[key] = dict(job=methods[key]["job"], error=f"{type(error).__name__}: {error}")
+                methods[key]["seconds"][-1] += time.perf_counter() - started
+    for key, method in methods.items():
+        if key not in results:
+            results[key] = dict(job=method["job"], **inference_result(method, len(rows)))
+    return dict(methods=results)
+
+
+def inference_result(method: dict, sentences: int) -> dict:
+    totals = [recorder.totals() for recorder in method["recorders"]]
+    seconds = method["seconds"]
     median = statistics.median(seconds)
     flops = sum(t["flops"] for t in totals)
     return dict(
-        **facts, sentences=len(rows), seconds=median, seconds_all=seconds, sentences_per_second=len(rows) / median,
+        **method["facts"], sentences=sentences, seconds=median, seconds_all=seconds,
+        sentences_per_second=sentences / median,
         # tokens of the data (the first model's passes); FLOPs of every model
         real_tokens=totals[0]["real_tokens"], computed_tokens=totals[0]["computed_tokens"],
         padding_ratio=totals[0]["computed_tokens"] / max(totals[0]["real_tokens"], 1),
         batch_size=totals[0]["largest_batch"], forward_passes=sum(t["forward_passes"] for t in totals),
         model_gflop=flops / 1e9, model_gflops=flops / 1e9 / median,
-        non_embedding_params=[recorder.shape["non_embedding_params"] for recorder in recorders],
-        peak_rss_mib=peak_rss_mib(),
+        non_embedding_params=[recorder.shape["non_embedding_params"] for recorder in method["recorders"]],
     )
+
+
+def run_memory(job: dict) -> dict:
+    """
+    One method alone in its process, one call over all the sentences: its peak RSS, and its padding when it sorts the
+    whole input at once (the timed blocks pad a little more).
+    """
+    run, models, _ = INFER_METHODS[job["method"]](job)
+    recorder = PassRecorder(models[0])
+    run(repeated(read_snips("test"), job["sentences"]))
+    totals = recorder.totals()
+    padding = totals["computed_tokens"] / max(totals["real_tokens"], 1)
+    return dict(peak_rss_mib=peak_rss_mib(), one_call_padding_ratio=padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -489,7 +536,8 @@ def run_profile(job: dict) -> dict:
     return dict(path=job["path"], sentences=len(texts))
 
 
-WORKERS = {"infer": run_inference, "train": run_training, "accuracy": run_accuracy, "profile": run_profile}
+WORKERS = {"infer": run_inference, "memory": run_memory, "train": run_training, "accuracy": run_accuracy,
+           "profile": run_profile}
 
 
 def worker(jobs: list) -> None:
@@ -527,10 +575,14 @@ def plan(args, native: bool) -> list:
     bf16_warmup = warmup if native else 1
     infer = [("hf_mtl_pipeline_default", "default"), ("hf_mtl_pipeline", "fp32"), ("hf_mtl_pipeline", "bf16"),
              ("hf_two_models", "fp32"), ("hf_two_models", "bf16"), ("hf_pipelines", "fp32"), ("hf_pipelines", "bf16")]
-    jobs = []
+    # One timing job per sentence count (the methods in it take turns), one memory job per method.
+    groups, jobs = {}, []
     for method, precision in infer:
         count = bf16_sentences if precision == "bf16" else args.sentences
-        jobs.append(dict(base, kind="infer", method=method, precision=precision, sentences=count))
+        groups.setdefault(count, []).append(dict(method=method, precision=precision))
+        jobs.append(dict(base, kind="memory", method=method, precision=precision, sentences=count))
+    jobs = [dict(base, kind="infer", precision="mixed", methods=methods, sentences=count)
+            for count, methods in groups.items()] + jobs
     for method in ("hf_mtl_joint", "hf_two_models"):
         for precision in ("fp32", "bf16"):
             bf16 = precision == "bf16"
@@ -538,7 +590,8 @@ def plan(args, native: bool) -> list:
                              steps=bf16_steps if bf16 else args.train_steps, warmup=bf16_warmup if bf16 else warmup,
                              train_rows=2000 if args.smoke else None))
     if args.trained_model:
-        limit = None if native else EMULATED_BF16_SENTENCES  # both precisions on the same rows
+        # The whole dev set (700 sentences) even where bf16 is emulated: about 20 s at ~40 sentences/s.
+        limit = EMULATED_BF16_SENTENCES if args.smoke else None
         for precision in ("fp32", "bf16"):
             jobs.append(dict(base, kind="accuracy", precision=precision, limit=limit))
     if args.profile:
@@ -554,9 +607,28 @@ def run_jobs(jobs: list, args) -> list:
         return in_subprocess(jobs, args.threads)
     results = []
     for job in jobs:
-        print(f"  {job['kind']} {job.get('method', '')} {job['precision']} ...", flush=True)
+        name = ", ".join(f"{m['method']} {m['precision']}" for m in job["methods"]) if "methods" in job else \
+            f"{job.get('method', '')} {job['precision']}"
+        print(f"  {job['kind']} {name} ...", flush=True)
         results.extend(in_subprocess([job], args.threads))
     return results
+
+
+def inference_results(results: list) -> dict:
+    """Method key -> its timing (from the shared "infer" jobs) with the peak RSS of its own "memory" job."""
+    inference = {}
+    for result in results:
+        if result["job"]["kind"] != "infer":
+            continue
+        for method in result["job"]["methods"]:  # a failed job: every method of it gets the error
+            job = dict(kind="infer", sentences=result["job"]["sentences"], **method)
+            inference[key_of(dict(job=job))] = dict(job=job, error=result["error"]) if "error" in result else None
+        inference.update(result.get("methods", {}))
+    for result in results:
+        if result["job"]["kind"] == "memory" and key_of(result) in inference:
+            inference[key_of(result)]["peak_rss_mib"] = result.get("peak_rss_mib")
+            inference[key_of(result)]["one_call_padding_ratio"] = result.get("one_call_padding_ratio")
+    return inference
 
 
 def key_of(result: dict) -> str:
@@ -569,9 +641,12 @@ def ratio(results: dict, ours: str, theirs: str, target: float) -> dict:
     if "sentences_per_second" not in a or "sentences_per_second" not in b:
         return dict(ours=ours, theirs=theirs, target=target, ratio=None, reached=None, note="not measured")
     value = a["sentences_per_second"] / b["sentences_per_second"]
+    # Repeat by repeat: how much the ratio itself moved with the machine.
+    per_repeat = [(a["sentences"] / ours_seconds) / (b["sentences"] / theirs_seconds)
+                 for ours_seconds, theirs_seconds in zip(a["seconds_all"], b["seconds_all"])]
     return dict(ours=ours, theirs=theirs, ours_sentences_per_second=a["sentences_per_second"],
-                theirs_sentences_per_second=b["sentences_per_second"], ratio=value, target=target,
-                reached=value >= target)
+                theirs_sentences_per_second=b["sentences_per_second"], ratio=value, per_repeat=per_repeat,
+                target=target, reached=value >= target)
 
 
 def summarize(args, env, peaks, inference, training, accuracy) -> dict:
@@ -591,7 +666,7 @@ def summarize(args, env, peaks, inference, training, accuracy) -> dict:
     }
     train_padding = next((r["padding"] for r in training.values() if "padding" in r), {})
     infer_ref = inference.get("hf_mtl_pipeline_fp32", {})
-    padding = dict(inference_length_sorted_64=infer_ref.get("padding_ratio"),
+    padding = dict(inference_length_sorted_64=infer_ref.get("one_call_padding_ratio"),
                    training_group_by_length_32=train_padding.get("group_by_length"),
                    training_random_32=train_padding.get("random_batches"),
                    pad_to_128=train_padding.get("pad_to_max_length"), target=TARGETS["padding"])
@@ -630,6 +705,8 @@ def command_line(args) -> str:
         settings += (("--sentences", args.sentences, 5000), ("--repeats", args.repeats, 3),
                      ("--train-steps", args.train_steps, 30))
     for flag, value, default in settings:
+        if isinstance(value, Path) and value.is_relative_to(ROOT):
+            value = value.relative_to(ROOT)  # as run from the repository root, not this machine's checkout path
         if value != default:
             parts.append(f"{flag} {value}")
     if args.profile:
@@ -668,7 +745,9 @@ def markdown(summary: dict) -> str:
     lines += [f"| {p['precision']} | {p['size']} | {num(p['matmul_gflops'])} | {num(p['linear_gflops'])} |"
               for p in summary["peak"]]
     lines += ["", "Inference on SNIPS test sentences (repeated); model FLOPs as a share of the peak (the better of "
-              "matmul and linear) of the same precision; median of the repeats.", "",
+              "matmul and linear) of the same precision. The methods take turns every "
+              f"{BLOCK_SENTENCES} sentences (order rotating); median of the repeats; computed / real tokens of those "
+              "blocks. Peak RSS: each method alone in its own process.", "",
               "| method | precision | sentences | sentences/s | computed / real tokens | GFLOP/s | % of peak "
               "| peak RSS MiB |",
               "|---|---|---|---|---|---|---|---|"]
@@ -680,10 +759,11 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {name} | {r['precision']} | {r['sentences']} | {num(r['sentences_per_second'])} | "
                      f"{num(r['padding_ratio'], 3)} | {num(r['model_gflops'])} | {num(100 * r['share_of_peak'])} | "
                      f"{num(r['peak_rss_mib'], 0)} |")
-    lines += ["", "| ratio (sentences/s) | value | target | |", "|---|---|---|---|"]
+    lines += ["", "| ratio (sentences/s) | value | per repeat | target | |", "|---|---|---|---|---|"]
     for name, r in summary["ratios"].items():
         state = "not measured" if r["ratio"] is None else ("reached" if r["reached"] else "not reached")
-        lines.append(f"| {r['ours']} / {r['theirs']} | {num(r['ratio'], 2)} | ≥ {r['target']} | {state} |")
+        repeats = ", ".join(num(value, 2) for value in r.get("per_repeat", []))
+        lines.append(f"| {r['ours']} / {r['theirs']} | {num(r['ratio'], 2)} | {repeats} | ≥ {r['target']} | {state} |")
     lines += ["", "Training (plain torch loop, AdamW, length-grouped batches of 32; the two stock models train one "
               "after the other on the same batches, their times added).", "",
               "| method | precision | steps | tokens/s | sentences/s | GFLOP/s | MFU % | peak RSS MiB |",
@@ -697,7 +777,8 @@ def markdown(summary: dict) -> str:
                      f"{num(r['peak_rss_mib'], 0)} |")
     p = summary["padding"]
     lines += ["", f"| padding (computed / real tokens) | ratio | target ≤ {p['target']} |", "|---|---|---|"]
-    for label, value in (("inference, length-sorted batches of 64", p["inference_length_sorted_64"]),
+    for label, value in ((f"inference, one call over {summary['settings']['sentences']:,} sentences, "
+                          "length-sorted batches of 64", p["inference_length_sorted_64"]),
                          ("training, group_by_length, batch 32", p["training_group_by_length_32"]),
                          ("training, random batches of 32", p["training_random_32"]),
                          ("every row padded to 128", p["pad_to_128"])):
@@ -775,7 +856,7 @@ def main(argv=None):
     peaks = [matmul_peak("fp32", size), matmul_peak("bf16", size if native else min(size, 512))]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = run_jobs(plan(args, native), args)
-    inference = {key_of(r): r for r in results if r["job"]["kind"] == "infer"}
+    inference = inference_results(results)
     training = {key_of(r): r for r in results if r["job"]["kind"] == "train"}
     accuracy = {r["job"]["precision"]: r for r in results if r["job"]["kind"] == "accuracy"}
     summary = summarize(args, env, peaks, inference, training, accuracy)

@@ -33,6 +33,9 @@ def split_words(text: str) -> list:
     spans = []
     for match in re.finditer(r"\S+", text):
         start, end = match.span()
+        if match.group().isalnum():  # letters and digits only: no punctuation to peel (the common case, fast)
+            spans.append((start, end))
+            continue
         trailing = []
         while start < end and _is_punctuation(text[start]):
             spans.append((start, start + 1))
@@ -74,7 +77,7 @@ def entities_from_tags(text: str, word_spans: list, tags: list, scores: list) ->
             "text": text[entity["start"] : entity["end"]],
             "start": entity["start"],
             "end": entity["end"],
-            "score": float(np.mean(entity["scores"])),
+            "score": sum(entity["scores"]) / len(entity["scores"]),
         }
         for entity in entities
     ]
@@ -135,7 +138,8 @@ class _Chunk:
     features: dict
     words: list  # word indices whose tags this chunk predicts
     token_positions: list  # the first token of each of those words
-    logits: dict = field(default_factory=dict)
+    logits: dict = field(default_factory=dict)  # sentence task -> logits (averaged over windows in postprocess)
+    word_predictions: dict = field(default_factory=dict)  # token task -> (best label ids, their probabilities)
 
 
 @dataclass
@@ -230,17 +234,31 @@ class MultiTaskPipeline(Pipeline):
 
         chunks = [chunk for example in examples for chunk in example.chunks]
         for indices, model_inputs in self._batches([chunk.features for chunk in chunks], batch_size):
-            logits = self.forward(model_inputs, **forward_params)
-            for row, index in enumerate(indices):
-                chunk = chunks[index]
-                for task in self.tasks:
-                    values = logits[task["name"]][row]
-                    if task["type"] == "token_classification":
-                        values = values[chunk.token_positions]
-                    chunk.logits[task["name"]] = values.numpy()
+            self._attach_predictions([chunks[index] for index in indices], self.forward(model_inputs, **forward_params))
 
         outputs = [self.postprocess(example, **postprocess_params) for example in examples]
         return outputs[0] if single else outputs
+
+    def _attach_predictions(self, batch_chunks, logits):
+        """
+        Give each chunk of a batch its sentence logits and, per word it owns, the best tag and its probability. Whole
+        batch tensors at a time: per-row tensor and numpy calls cost as much as the postprocessing of a batch.
+        """
+        rows = [row for row, chunk in enumerate(batch_chunks) for _ in chunk.token_positions]
+        positions = [position for chunk in batch_chunks for position in chunk.token_positions]
+        for task in self.tasks:
+            name = task["name"]
+            if task["type"] == "sequence_classification":
+                for chunk, values in zip(batch_chunks, logits[name].numpy()):
+                    chunk.logits[name] = values
+                continue
+            scores, best = logits[name][rows, positions].softmax(dim=-1).max(dim=-1)
+            scores, best = scores.tolist(), best.tolist()
+            start = 0
+            for chunk in batch_chunks:
+                end = start + len(chunk.token_positions)
+                chunk.word_predictions[name] = (best[start:end], scores[start:end])
+                start = end
 
     def preprocess(self, inputs, is_split_into_words=False, max_length=None):
         """Tokenize a list of inputs into `_Example`s, each with one chunk, or several word windows when too long."""
@@ -292,15 +310,15 @@ class MultiTaskPipeline(Pipeline):
     def _tokenize(self, texts, max_length=None):
         """One feature dict per text with offsets and special-token masks; truncated only when `max_length` is set."""
         encoding = self.tokenizer(
-            texts,
-            truncation=max_length is not None,
-            max_length=max_length,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-            verbose=False,
+            texts, truncation=max_length is not None, max_length=max_length, return_attention_mask=False, verbose=False
         )
-        keys = [key for key in encoding if key != "attention_mask"]
-        return [{key: encoding[key][index] for key in keys} for index in range(len(texts))]
+        features = [{key: encoding[key][index] for key in encoding} for index in range(len(texts))]
+        # Offsets and special-token masks read from the tokenizers `Encoding`s: the same values, but half the time of
+        # the whole call when `BatchEncoding` converts them (0.2 of 0.4 s for 5,000 SNIPS sentences).
+        for feature, text_encoding in zip(features, encoding.encodings):
+            feature["offset_mapping"] = text_encoding.offsets
+            feature["special_tokens_mask"] = text_encoding.special_tokens_mask
+        return features
 
     def _batches(self, features, batch_size=None):
         """Yield `(indices, padded tensors)` over `features`, longest first so each batch pads to similar lengths."""
@@ -322,16 +340,15 @@ class MultiTaskPipeline(Pipeline):
         for task in self.tasks:
             name, labels = task["name"], task["labels"]
             if task["type"] == "sequence_classification":
-                probabilities = _softmax(np.mean([chunk.logits[name] for chunk in example.chunks], axis=0))
+                chunk_logits = [chunk.logits[name] for chunk in example.chunks]
+                probabilities = _softmax(chunk_logits[0] if len(chunk_logits) == 1 else np.mean(chunk_logits, axis=0))
                 best = int(probabilities.argmax())
                 output[name] = {"label": labels[best], "score": float(probabilities[best])}
                 continue
             word_tags, word_scores = ["O"] * len(example.word_spans), [0.0] * len(example.word_spans)
             for chunk in example.chunks:
-                probabilities = _softmax(chunk.logits[name])
-                for word, row in zip(chunk.words, probabilities):
-                    best = int(row.argmax())
-                    word_tags[word], word_scores[word] = labels[best], float(row[best])
+                for word, best, score in zip(chunk.words, *chunk.word_predictions[name]):
+                    word_tags[word], word_scores[word] = labels[best], score
             output[name] = entities_from_tags(example.text, example.word_spans, word_tags, word_scores)
             tags[name] = word_tags
         if return_tags:

@@ -77,11 +77,48 @@ def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_e
     assert json.loads(out.read_text())["environment"]["date"] in second
 
 
-def test_length_grouped_batches_cover_every_row_once(monkeypatch):
+@pytest.fixture
+def speed(monkeypatch):
+    """bench/speed.py as a module."""
     monkeypatch.syspath_prepend(str(SPEED.parent))  # as when run as a script: bench/benchlib.py is importable
     spec = importlib.util.spec_from_file_location("bench_speed", SPEED)
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inference_results_join_timings_memory_and_errors(speed):
+    def timed(method, seconds_all):
+        job = dict(kind="infer", method=method, precision="fp32", sentences=100)
+        return dict(job=job, sentences=100, seconds=sorted(seconds_all)[1], seconds_all=seconds_all,
+                    sentences_per_second=100 / sorted(seconds_all)[1])
+
+    ours, theirs = timed("hf_mtl_pipeline", [1.0, 1.5, 1.2]), timed("hf_two_models", [2.0, 2.7, 2.4])
+    fp32 = [dict(method="hf_mtl_pipeline", precision="fp32"), dict(method="hf_two_models", precision="fp32")]
+    bf16 = [dict(method="hf_pipelines", precision="bf16")]
+    results = [
+        dict(job=dict(kind="infer", methods=fp32, sentences=100),
+             methods={"hf_mtl_pipeline_fp32": ours, "hf_two_models_fp32": theirs}),
+        dict(job=dict(kind="infer", methods=bf16, sentences=8), error="RuntimeError: no bf16"),
+        dict(job=dict(kind="memory", method="hf_two_models", precision="fp32"), peak_rss_mib=420.0),
+        dict(job=dict(kind="memory", method="hf_mtl_pipeline", precision="fp32"), error="E"),
+        dict(job=dict(kind="train", method="hf_two_models", precision="fp32"), tokens_per_second=1.0),
+    ]
+    inference = speed.inference_results(results)
+
+    assert sorted(inference) == ["hf_mtl_pipeline_fp32", "hf_pipelines_bf16", "hf_two_models_fp32"]
+    assert inference["hf_two_models_fp32"]["peak_rss_mib"] == 420.0
+    assert inference["hf_mtl_pipeline_fp32"]["peak_rss_mib"] is None  # its memory job failed: shown as "–"
+    assert inference["hf_pipelines_bf16"]["error"] == "RuntimeError: no bf16"
+    assert inference["hf_pipelines_bf16"]["job"]["sentences"] == 8
+
+    ratio = speed.ratio(inference, "hf_mtl_pipeline_fp32", "hf_two_models_fp32", 1.9)
+    assert ratio["ratio"] == pytest.approx(2.4 / 1.2) and ratio["reached"] is True
+    assert ratio["per_repeat"] == pytest.approx([2.0, 1.8, 2.0])
+    assert speed.ratio(inference, "hf_mtl_pipeline_fp32", "hf_pipelines_bf16", 3)["ratio"] is None
+
+
+def test_length_grouped_batches_cover_every_row_once(speed):
     lengths = [(index * 37) % 29 + 3 for index in range(3300)]
     batches = speed.length_grouped_batches(lengths, 32)
     assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
