@@ -118,6 +118,45 @@ def test_inference_results_join_timings_memory_and_errors(speed):
     assert speed.ratio(inference, "hf_mtl_pipeline_fp32", "hf_pipelines_bf16", 3)["ratio"] is None
 
 
+def test_inference_methods_take_turns_block_by_block(speed, monkeypatch):
+    calls = []
+
+    class Recorder:  # stands in for PassRecorder: no model behind the fake methods
+        def __init__(self, model):
+            self.passes, self.shape = [], {"non_embedding_params": 1}
+
+        def totals(self):
+            return dict(real_tokens=10, computed_tokens=11, forward_passes=1, largest_batch=4, flops=1e9)
+
+    def method(name, fails_on_block=None):
+        def build(job):
+            def run(rows):
+                calls.append((name, rows[0]["index"]))
+                if rows[0]["index"] == fails_on_block:
+                    raise RuntimeError("out of memory")
+            return run, [object()], dict(precision=job["precision"], settings="fake")
+        return build
+
+    monkeypatch.setattr(speed, "BLOCK_SENTENCES", 3)
+    monkeypatch.setattr(speed, "PassRecorder", Recorder)
+    monkeypatch.setattr(speed, "read_snips", lambda split: [dict(index=i) for i in range(9)])
+    methods = {"a": method("a"), "b": method("b"), "c": method("c", fails_on_block=3)}
+    monkeypatch.setattr(speed, "INFER_METHODS", methods)
+    job = dict(kind="infer", sentences=9, repeats=2, methods=[dict(method=m, precision="fp32") for m in "abc"])
+    results = speed.run_inference(job)["methods"]
+
+    timed = calls[3:]  # after one warm-up call per method
+    # Repeat 1: block 0 a b c; block 3 b c a (c fails there and leaves the rotation); block 6 a b.
+    # Repeat 2 starts one place further: b a; a b; b a.
+    assert timed[:3] == [("a", 0), ("b", 0), ("c", 0)]
+    assert timed[3:6] == [("b", 3), ("c", 3), ("a", 3)]
+    assert timed[6:8] == [("a", 6), ("b", 6)]
+    assert timed[8:] == [("b", 0), ("a", 0), ("a", 3), ("b", 3), ("b", 6), ("a", 6)]
+    assert results["c_fp32"]["error"] == "RuntimeError: out of memory"
+    assert len(results["a_fp32"]["seconds_all"]) == 2 and results["a_fp32"]["seconds"] > 0
+    assert results["a_fp32"]["sentences"] == 9 and results["a_fp32"]["padding_ratio"] == pytest.approx(1.1)
+
+
 def test_length_grouped_batches_cover_every_row_once(speed):
     lengths = [(index * 37) % 29 + 3 for index in range(3300)]
     batches = speed.length_grouped_batches(lengths, 32)
