@@ -1,6 +1,6 @@
 """Speed benchmark of hf_mtl: inference and training throughput against stock transformers, side by side in one run.
 
-    python bench/speed.py                               # the full benchmark (a quiet machine; ~15 min on 2 cores)
+    python bench/speed.py                               # the full benchmark (a quiet machine; ~20 min on 2 cores)
     python bench/speed.py --threads 1                   # the same on one torch/OpenMP thread
     python bench/speed.py --trained-model bench/runs/snips_mtl_seed2   # + dev accuracy fp32 vs bf16 of that model
     python bench/speed.py --profile                     # + bench/results/speed_profile.txt (torch.profiler, cProfile)
@@ -620,10 +620,12 @@ def inference_results(results: list) -> dict:
     for result in results:
         if result["job"]["kind"] != "infer":
             continue
-        for method in result["job"]["methods"]:  # a failed job: every method of it gets the error
+        if "error" not in result:
+            inference.update(result["methods"])
+            continue
+        for method in result["job"]["methods"]:  # the whole job failed: every method of it gets the error
             job = dict(kind="infer", sentences=result["job"]["sentences"], **method)
-            inference[key_of(dict(job=job))] = dict(job=job, error=result["error"]) if "error" in result else None
-        inference.update(result.get("methods", {}))
+            inference[key_of(dict(job=job))] = dict(job=job, error=result["error"])
     for result in results:
         if result["job"]["kind"] == "memory" and key_of(result) in inference:
             inference[key_of(result)]["peak_rss_mib"] = result.get("peak_rss_mib")
