@@ -12,19 +12,22 @@ def environment() -> dict:
     import torch
     import transformers
 
-    from hf_mtl.training import cpu_has_native_bf16
+    from hf_mtl.pipeline_mtl import NATIVE_BF16_ENV, cpu_has_native_bf16
 
-    cpu = platform.processor() or ""
+    cpu, flags = platform.processor() or "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
     return dict(
         cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
         cpu_capability=torch.backends.cpu.get_cpu_capability(), native_bf16=cpu_has_native_bf16(),
+        cpu_bf16_flags=sorted(flags & {"amx_bf16", "avx512_bf16"}), native_bf16_override=os.environ.get(NATIVE_BF16_ENV),
         python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
         platform=platform.platform(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )

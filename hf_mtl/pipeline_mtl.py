@@ -20,6 +20,8 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 PIPELINE_TASK = "multi-task"
+# "0" or "1" overrides what this CPU is taken to be, so either precision path runs on any machine (README, tests).
+NATIVE_BF16_ENV = "HF_MTL_NATIVE_BF16"
 RESERVED_KEYS = ("text", "words", "tags")
 DEFAULT_BATCH_SIZE = 32
 
@@ -175,7 +177,13 @@ class MultiTaskPipeline(Pipeline):
         max_length (`int`, *optional*): tokens per window, at most (and by default) the tokenizer's and encoder's limit.
         bf16 (`bool`, *optional*): bfloat16 autocast. Default: on for a float32 model on a CPU with native bf16
             instructions (AVX512-BF16 or AMX), where it is about 2.5x faster on MiniLM with embedding cosines above
-            0.9999 to float32; off everywhere else.
+            0.9999 to float32; off everywhere else (`HF_MTL_NATIVE_BF16=0` / `=1` overrides the CPU check).
+
+    Precision: in float32 an input's logits and embedding do not depend on the batch it was computed in (to ~1e-6).
+    bf16 keeps 8 bits of mantissa, and the kernels it runs depend on the batch's shape, so there an embedding moves
+    with its batch's padding length: a cosine similarity by up to ~1e-3, against float32 by up to ~2e-3; labels and
+    spans are unchanged wherever the model is not on a knife edge. `similarity(a, b)` is always the dot products of
+    `embed(a, normalize=True)` and `embed(b, normalize=True)` in the same precision.
     """
 
     _load_processor = False
@@ -409,10 +417,21 @@ class MultiTaskPipeline(Pipeline):
     def _use_bf16(self, bf16):
         if bf16 is not None:
             return bf16
-        if self.model.dtype != torch.float32 or self.device.type != "cpu":
-            return False
-        # MiniLM on 2 cores: 2.4-2.6x faster with native bf16 dot products; without them bf16 is only emulated.
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return self.model.dtype == torch.float32 and self.device.type == "cpu" and cpu_has_native_bf16()
+
+
+def cpu_has_native_bf16() -> bool:
+    """
+    Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it bf16 is emulated and many times
+    slower than float32, so the pipeline's bf16 default and `bf16: true` training follow this answer.
+    `HF_MTL_NATIVE_BF16=0` / `=1` overrides it, to run the other kind of CPU's precision path on any machine.
+    """
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"{NATIVE_BF16_ENV}={forced!r}: use 0 (behave as a CPU without native bf16) or 1 (with it)")
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def max_input_length(config, tokenizer) -> int:
@@ -442,4 +461,4 @@ def add_pipeline_to_folder(folder) -> None:
         writer.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["MultiTaskPipeline", "add_pipeline_to_folder", "entities_from_tags", "max_input_length", "split_words"]
+__all__ = ["MultiTaskPipeline", "add_pipeline_to_folder", "cpu_has_native_bf16", "entities_from_tags", "max_input_length", "split_words"]

@@ -10,15 +10,9 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
 from .errors import ConfigError
+from .pipeline_mtl import cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it bf16 is emulated: on an
-    AVX2-only EPYC a MiniLM forward ran about 7.5x slower in bf16 autocast than in float32 (a bare bf16
-    `torch.matmul` 60x slower)."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def fall_back_from_emulated_bf16(training_args) -> bool:

@@ -5,8 +5,19 @@ from pathlib import Path
 
 import pytest
 
+from hf_mtl.pipeline_mtl import cpu_has_native_bf16
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+# Tests of the bf16 path run where bf16 is what users get by default; `HF_MTL_NATIVE_BF16=1` runs them anywhere
+# (emulated, slower) and `=0` runs the suite as a CPU without native bf16 would (README, "Tests").
+requires_native_bf16 = pytest.mark.skipif(
+    not cpu_has_native_bf16(), reason="no native bf16 (AVX512-BF16/AMX) on this CPU, or HF_MTL_NATIVE_BF16=0; HF_MTL_NATIVE_BF16=1 forces the path"
+)
+# bf16 keeps 8 bits of mantissa: a cosine of two embeddings moves by ~1e-3 with the batch or against float32.
+BF16_COSINE_TOLERANCE = 5e-3
 
 
 @pytest.fixture(scope="session")

@@ -24,13 +24,14 @@ def test_predict_txt_keeps_every_line_exactly(capsys, model_dir, pipe, tmp_path)
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     output = tmp_path / "out" / "predictions.jsonl"
 
-    argv = ["predict", "--model", model_dir, "--input", source, "--output", output, "--batch-size", 2]
+    # float32 on both sides: the comparison crosses batch sizes (2 here, 32 in the pipeline), which bf16 would blur
+    argv = ["predict", "--model", model_dir, "--input", source, "--output", output, "--batch-size", 2, "--no-bf16"]
     status, _, err = run_cli(capsys, *argv)
 
     assert status == 0, err
     results = read_jsonl(output)
     assert [result["text"] for result in results] == lines
-    assert_same_predictions(results, pipe(lines))
+    assert_same_predictions(results, pipe(lines, bf16=False), score_tolerance=1e-5)
     for result in results:
         assert all(result["text"][entity["start"] : entity["end"]] == entity["text"] for entity in result["ner"])
     assert [entity["text"] for entity in results[2]["ner"]] == ["Paris", "Paris", "Paris", "Apple", "Apple"]
@@ -43,11 +44,12 @@ def test_predict_jsonl_text_and_tokens_with_tags(capsys, model_dir, pipe, tmp_pa
     source.write_text("\n".join(json.dumps(row) for row in rows) + "\n\n", encoding="utf-8")
     output = tmp_path / "predictions.jsonl"
 
-    status, _, err = run_cli(capsys, "predict", "--model", model_dir, "--input", source, "--output", output, "--tags")
+    argv = ["predict", "--model", model_dir, "--input", source, "--output", output, "--tags", "--no-bf16"]
+    status, _, err = run_cli(capsys, *argv)
 
     assert status == 0, err
     first, second = read_jsonl(output)
-    assert_same_predictions([first], [pipe(TEXTS[0], return_tags=True)])
+    assert_same_predictions([first], [pipe(TEXTS[0], return_tags=True, bf16=False)], score_tolerance=1e-5)
     assert second["text"] == words and second["words"] == words.split() and second["tags"]["ner"] == tags.split()
     assert second["topic"]["label"] == topic
 
@@ -125,14 +127,14 @@ def test_embed_writes_one_row_per_line(capsys, model_dir, pipe, tmp_path):
     source.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     output = tmp_path / "embeddings.npy"
 
-    argv = ["embed", "--model", model_dir, "--input", source, "--output", output, "--normalize"]
+    argv = ["embed", "--model", model_dir, "--input", source, "--output", output, "--normalize", "--no-bf16"]
     status, _, err = run_cli(capsys, *argv)
 
     assert status == 0, err
     embeddings = np.load(output)
     assert embeddings.shape == (len(TEXTS), 384) and embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(embeddings, pipe.embed(TEXTS, normalize=True), atol=1e-5)
+    np.testing.assert_allclose(embeddings, pipe.embed(TEXTS, normalize=True, bf16=False), atol=1e-5)
 
 
 def test_version(capsys):

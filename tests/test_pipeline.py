@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_encoder_config
+from conftest import BF16_COSINE_TOLERANCE, requires_native_bf16, tiny_encoder_config
 from pipeline_helpers import SENTENCES, TASKS, assert_same_predictions, model_dir, pipe, raw_text  # noqa: F401
 from transformers import AutoModel
 
@@ -113,6 +113,7 @@ def test_pre_split_words(pipe):
     assert len(pipe([words.split(), ["Apple"]], is_split_into_words=True)) == 2
 
 
+@requires_native_bf16
 def test_bf16_switch_keeps_predictions(pipe):
     fp32, bf16 = pipe(TEXTS, bf16=False), pipe(TEXTS, bf16=True)
     assert [spans_of(result) for result in fp32] == [spans_of(result) for result in bf16]
@@ -146,20 +147,47 @@ def test_windows_give_every_word_its_own_prediction(tokenizer, tmp_path):
     assert len(set(expected)) > 2
 
 
-def test_embed_and_similarity(pipe, caplog):
-    embeddings = pipe.embed(TEXTS, normalize=True)
+def test_embed_and_similarity_in_float32(pipe, caplog):
+    embeddings = pipe.embed(TEXTS, normalize=True, bf16=False)
     assert embeddings.shape == (len(TEXTS), 384) and embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
-    assert pipe.embed(TEXTS[0]).shape == (384,)
-    assert pipe.similarity(TEXTS[0], TEXTS[0]) == pytest.approx(1.0, abs=1e-5)
-    matrix = pipe.similarity(TEXTS[:2], TEXTS)
+    assert pipe.embed(TEXTS[0], bf16=False).shape == (384,)
+    assert pipe.similarity(TEXTS[0], TEXTS[0], bf16=False) == pytest.approx(1.0, abs=1e-5)
+    matrix = pipe.similarity(TEXTS[:2], TEXTS, bf16=False)
     assert matrix.shape == (2, len(TEXTS))
-    np.testing.assert_allclose(matrix, embeddings[:2] @ embeddings.T, atol=1e-4)
+    # In float32 an embedding does not depend on the batch it was computed in (TEXTS[:2] are embedded on their own).
+    np.testing.assert_allclose(matrix, embeddings[:2] @ embeddings.T, atol=1e-5)
+    one_by_one = np.stack([pipe.embed(text, normalize=True, bf16=False) for text in TEXTS])
+    np.testing.assert_allclose(one_by_one, embeddings, atol=1e-5)
 
     with caplog.at_level(logging.WARNING):
-        long = pipe.embed([" ".join(TEXTS * 30), "short", " ".join(TEXTS * 40)])
+        long = pipe.embed([" ".join(TEXTS * 30), "short", " ".join(TEXTS * 40)], bf16=False)
     assert long.shape == (3, 384)
     assert "2 of 3 texts are longer than 512 tokens" in caplog.text
+
+
+@requires_native_bf16
+def test_embed_and_similarity_in_bf16(pipe):
+    embeddings = pipe.embed(TEXTS, normalize=True, bf16=True)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)  # normalised in float32
+    # similarity is the dot products of the two calls' embeddings in the same precision, exactly
+    left, right = pipe.embed(TEXTS[:2], normalize=True, bf16=True), embeddings
+    np.testing.assert_array_equal(pipe.similarity(TEXTS[:2], TEXTS, bf16=True), left @ right.T)
+    assert pipe.similarity(TEXTS[0], TEXTS[0], bf16=True) == pytest.approx(1.0, abs=1e-5)
+    # across batches and against float32 the cosines move by bf16's rounding, no more
+    np.testing.assert_allclose(left @ right.T, embeddings[:2] @ embeddings.T, atol=BF16_COSINE_TOLERANCE)
+    fp32 = pipe.embed(TEXTS, normalize=True, bf16=False)
+    np.testing.assert_allclose(embeddings @ embeddings.T, fp32 @ fp32.T, atol=BF16_COSINE_TOLERANCE)
+
+
+def test_bf16_default_follows_the_cpu_check(pipe, monkeypatch):
+    monkeypatch.setenv("HF_MTL_NATIVE_BF16", "0")
+    assert pipe._use_bf16(None) is False and pipe._use_bf16(True) is True
+    monkeypatch.setenv("HF_MTL_NATIVE_BF16", "1")
+    assert pipe._use_bf16(None) is True and pipe._use_bf16(False) is False
+    monkeypatch.setenv("HF_MTL_NATIVE_BF16", "yes")
+    with pytest.raises(ValueError, match="HF_MTL_NATIVE_BF16"):
+        pipe._use_bf16(None)
 
 
 def test_rejects_a_model_without_tasks(tokenizer):
@@ -181,7 +209,7 @@ sys.modules["hf_mtl"] = None  # hf_mtl is not installed as far as this process c
 import transformers
 pipe = transformers.pipeline(model=sys.argv[1], trust_remote_code=True)
 assert type(pipe).__module__.startswith("transformers_modules."), type(pipe).__module__
-print(json.dumps({"results": pipe(json.loads(sys.argv[2]), return_tags=True), "task": pipe.task}))
+print(json.dumps({"results": pipe(json.loads(sys.argv[2]), return_tags=True, bf16=False), "task": pipe.task}))
 """
 
 
@@ -194,4 +222,4 @@ def test_transformers_pipeline_without_hf_mtl_gives_the_same_results(pipe, model
     assert completed.returncode == 0, completed.stderr[-3000:]
     remote = json.loads(completed.stdout.splitlines()[-1])
     assert remote["task"] == "multi-task"
-    assert_same_predictions(remote["results"], pipe(TEXTS, return_tags=True))
+    assert_same_predictions(remote["results"], pipe(TEXTS, return_tags=True, bf16=False), score_tolerance=1e-5)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, requires_native_bf16
 from train_fixtures import joint_config, save_tiny_encoder, weights, write_joint_data
 
 # Runs the real entry point, but SIGKILLs the process right after it has written the checkpoint of `kill_step`.
@@ -44,10 +44,10 @@ def write_config(root, name, config):
     return str(path)
 
 
-def resume_config(encoder, data, output, mixed=False):
+def resume_config(encoder, data, output, mixed=False, bf16=False):
     # hidden dropout stays on: an exact match then also proves that the RNG state was restored
     config = joint_config(encoder, data, output, max_steps=6, save_strategy="steps", save_steps=2, do_eval=False,
-                          do_predict=False, learning_rate=5e-3)
+                          do_predict=False, learning_rate=5e-3, bf16=bf16)
     if mixed:  # the same files as two separate data sets: one per task, mixed by the sampler
         config["datasets"] = {"ner_set": config["datasets"]["demo"], "topic_set": config["datasets"]["demo"]}
         config["tasks"][0]["dataset"], config["tasks"][1]["dataset"] = "topic_set", "ner_set"
@@ -57,22 +57,37 @@ def resume_config(encoder, data, output, mixed=False):
 
 @pytest.fixture(scope="module")
 def uninterrupted(setup):
+    """(mixed, bf16) -> final weights of the uninterrupted run, trained on first use."""
     root, encoder, data = setup
     final = {}
-    for mixed in (False, True):
-        output = root / f"uninterrupted_{mixed}"
-        result = run([sys.executable, "run_mtl.py", write_config(root, f"plain_{mixed}", resume_config(encoder, data, output, mixed))])
-        assert result.returncode == 0, result.stderr[-3000:]
-        final[mixed] = weights(output)
-    return final
+
+    def weights_of(mixed, bf16):
+        if (mixed, bf16) not in final:
+            output = root / f"uninterrupted_{mixed}_{bf16}"
+            config = resume_config(encoder, data, output, mixed, bf16)
+            result = run([sys.executable, "run_mtl.py", write_config(root, f"plain_{mixed}_{bf16}", config)])
+            assert result.returncode == 0, result.stderr[-3000:]
+            final[mixed, bf16] = weights(output)
+        return final[mixed, bf16]
+
+    return weights_of
 
 
-@pytest.mark.parametrize("kill_step, damage_newest, mixed", [(2, False, False), (4, True, False), (2, False, True)])
-def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_step, damage_newest, mixed):
+@pytest.mark.parametrize(
+    "kill_step, damage_newest, mixed, bf16",
+    [
+        (2, False, False, False),
+        (4, True, False, False),
+        (2, False, True, False),
+        # `bf16: true` trains in bf16 autocast where the CPU has native bf16: resuming must be exact there too
+        pytest.param(2, False, False, True, marks=requires_native_bf16),
+    ],
+)
+def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_step, damage_newest, mixed, bf16):
     root, encoder, data = setup
-    uninterrupted = uninterrupted[mixed]
-    output = root / f"killed_{kill_step}_{mixed}"
-    config_path = write_config(root, f"killed_{kill_step}_{mixed}", resume_config(encoder, data, output, mixed))
+    uninterrupted = uninterrupted(mixed, bf16)
+    output = root / f"killed_{kill_step}_{mixed}_{bf16}"
+    config_path = write_config(root, output.name, resume_config(encoder, data, output, mixed, bf16))
 
     killed = run([sys.executable, "-c", KILLED_RUN, config_path], {"KILL_AT_STEP": str(kill_step)})
     assert killed.returncode == -9, killed.stderr[-3000:]
@@ -87,6 +102,7 @@ def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_
     log = resumed.stdout + resumed.stderr
     if damage_newest:
         assert f"skipping damaged checkpoint {output / f'checkpoint-{kill_step}'}" in log
+    assert json.loads((output / "training_args.json").read_text())["bf16"] is bf16  # the precision that ran
     final = weights(output)
     assert final.keys() == uninterrupted.keys()
     for name, tensor in uninterrupted.items():
