@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="predict every task on raw text, one JSON line per input")
     add_model_arguments(predict)
-    predict.add_argument("--input", required=True, help=".txt (one text per line) or .jsonl ('text' or 'tokens')")
+    predict.add_argument(
+        "--input", required=True, help=".txt (one text per line) or .jsonl ('text', 'text' + 'text_pair', or 'tokens')"
+    )
     predict.add_argument("--output", required=True, help="output .jsonl, one pipeline result per input line")
     predict.add_argument("--tags", action="store_true", help="also write the words and their tags")
     predict.set_defaults(run=run_predict)
@@ -67,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.set_defaults(run=run_embed)
 
-    export_task = commands.add_parser("export-task", help="one token task as a stock AutoModelForTokenClassification")
+    export_task = commands.add_parser(
+        "export-task", help="one task as a stock AutoModelForTokenClassification / AutoModelForSequenceClassification"
+    )
     export_task.add_argument("--model", required=True, help="saved hf_mtl model folder or Hub id")
-    export_task.add_argument("--task", required=True, help="name of a token classification task")
+    export_task.add_argument("--task", required=True, help="name of the task")
     export_task.add_argument("--output", required=True, help="folder to write")
     export_task.set_defaults(run=run_export_task)
 
@@ -112,7 +116,8 @@ def run_predict(args):
 
 
 def predict_block(pipe, records, **kwargs):
-    """Results in input order for records that are texts (str) or pre-split words (list), in one call per kind."""
+    """Results in input order for records that are texts (str), pairs (dict) or pre-split words (list), in one call
+    per kind of record."""
     results = [None] * len(records)
     for split in (False, True):
         indices = [index for index, record in enumerate(records) if isinstance(record, list) == split]
@@ -137,9 +142,9 @@ def run_embed(args):
 
 
 def run_export_task(args):
-    from .export import export_token_task
+    from .export import export_task
 
-    export_token_task(args.model, args.task, args.output)
+    export_task(args.model, args.task, args.output)
 
 
 def run_export_sentence_transformers(args):
@@ -170,7 +175,8 @@ def read_lines(path: Path) -> list:
 
 
 def read_predict_input(path: Path) -> list:
-    """Texts (str) from a .txt file, or texts and word lists from the `text`/`tokens` field of each .jsonl line."""
+    """Texts (str) from a .txt file, or from each .jsonl line a text, a pair (`text` + `text_pair`, as a dict) or a
+    word list (`tokens`)."""
     if path.suffix != ".jsonl":
         return read_lines(path)
     records = []
@@ -182,12 +188,19 @@ def read_predict_input(path: Path) -> list:
             item = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(f"{where}: not valid JSON ({error})") from error
-        if isinstance(item, dict) and isinstance(item.get("text"), str):
+        if isinstance(item, dict) and isinstance(item.get("text"), str) and "text_pair" in item:
+            if not isinstance(item["text_pair"], str) or not item["text_pair"].strip():
+                raise DataError(f'{where}: "text_pair" must be a non-empty string, got {item["text_pair"]!r}')
+            records.append({"text": item["text"], "text_pair": item["text_pair"]})
+        elif isinstance(item, dict) and isinstance(item.get("text"), str):
             records.append(item["text"])
         elif isinstance(item, dict) and _is_word_list(item.get("tokens")):
             records.append(item["tokens"])
         else:
-            raise DataError(f'{where}: expected an object with "text" (a string) or "tokens" (a list of strings)')
+            raise DataError(
+                f'{where}: expected an object with "text" (a string, optionally with "text_pair") or "tokens" (a '
+                "list of strings)"
+            )
     if not records:
         raise DataError(f"--input {path}: the file has only blank lines, there is nothing to process")
     return records

@@ -8,8 +8,84 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 TASK_TYPES = ("sequence_classification", "token_classification")
+# transformers' `problem_type` names of a sentence task; a token task is single-label per token.
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 POOLING_MODES = ("cls", "mean", "max", "pooler")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
+# What a saved task dict may hold besides name, type, problem_type and labels, per kind of task.
+TASK_KIND_KEYS = {
+    "single_label_classification": ("class_weights",),
+    "multi_label_classification": ("pos_weight", "threshold", "always_top_label"),
+    "regression": ("target_mean", "target_std"),
+    "token_classification": ("class_weights", "crf", "bio_constraints"),
+}
+
+
+def task_kind(task: dict) -> str:
+    """The kind of a task dict: its `problem_type` for a sentence task (single-label by default), else token."""
+    if task.get("type") == "token_classification":
+        return "token_classification"
+    return task.get("problem_type") or "single_label_classification"
+
+
+def task_num_outputs(task: dict) -> int:
+    """Logits per example (or per token): one per label, one for a regression."""
+    return 1 if task_kind(task) == "regression" else len(task["labels"])
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+
+
+def validate_task(task: dict, where: str, labels_known: bool = True) -> None:
+    """
+    Raise a `ValueError` starting with `<where>.<key>` for the first way a task dict can be wrong: the one place the
+    rules of a task's saved fields live (`MultiTaskConfig` and the run config's task blocks both use it).
+    `labels_known=False` accepts a classification task whose labels are not resolved yet (taken from data later).
+    """
+    name = task.get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"{where}.name: {name!r} must be a Python identifier (it names `<name>_labels`)")
+    if task.get("type") not in TASK_TYPES:
+        raise ValueError(f"{where}.type: {task.get('type')!r} is not one of {', '.join(TASK_TYPES)}")
+    problem_type = task.get("problem_type")
+    if problem_type is not None:
+        if task["type"] == "token_classification" and problem_type != "single_label_classification":
+            raise ValueError(f"{where}.problem_type: a token_classification task is single-label per token")
+        if problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"{where}.problem_type: {problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+    kind = task_kind(task)
+    labels = task.get("labels")
+    if kind == "regression":
+        if labels is not None:
+            raise ValueError(f"{where}.labels: a regression task predicts one number and takes no labels")
+    elif labels is not None or labels_known:
+        if not isinstance(labels, (list, tuple)) or not all(isinstance(label, str) for label in labels):
+            raise ValueError(f"{where}.labels: task {name!r} needs a list of label strings, got {labels!r}")
+        minimum = 1 if kind == "multi_label_classification" else 2
+        if len(labels) < minimum:
+            raise ValueError(f"{where}.labels: task {name!r} needs at least {minimum} labels, got {list(labels)!r}")
+        duplicates = sorted({label for label in labels if list(labels).count(label) > 1})
+        if duplicates:
+            raise ValueError(f"{where}.labels: duplicate labels {duplicates} in task {name!r}")
+    for key in ("class_weights", "pos_weight"):
+        weights = task.get(key)
+        if weights is None:
+            continue
+        if not isinstance(weights, (list, tuple)) or not all(_is_number(w) and w >= 0 for w in weights):
+            raise ValueError(f"{where}.{key}: a list of non-negative numbers is required, got {weights!r}")
+        if labels is not None and len(weights) != len(labels):
+            raise ValueError(f"{where}.{key}: {len(weights)} weights for {len(labels)} labels")
+    threshold = task.get("threshold")
+    if threshold is not None and not (_is_number(threshold) and 0 < threshold < 1):
+        raise ValueError(f"{where}.threshold: a number between 0 and 1 is required, got {threshold!r}")
+    for key in ("crf", "bio_constraints", "always_top_label"):
+        if key in task and not isinstance(task[key], bool):
+            raise ValueError(f"{where}.{key}: true or false, got {task[key]!r}")
+    if "target_mean" in task or "target_std" in task:
+        mean, std = task.get("target_mean"), task.get("target_std")
+        if not (_is_number(mean) and _is_number(std) and std > 0):
+            raise ValueError(f"{where}.target_std: target_mean and a positive target_std are required, got {mean!r}, {std!r}")
 
 
 def encoder_has_pooler(encoder_config: PretrainedConfig) -> bool:
@@ -29,7 +105,11 @@ class MultiTaskConfig(PretrainedConfig):
             Config of the shared encoder (BERT, DistilBERT, RoBERTa, DeBERTa-v2, ...); stored as a dict with its `model_type`.
         tasks (`list[dict]`):
             One entry per head: `{"name": str, "type": "sequence_classification" | "token_classification",
-            "labels": [str, ...]}`, optionally `"class_weights": [float, ...]` (one per label).
+            "labels": [str, ...]}`. A sentence task may set `"problem_type"` as transformers names it:
+            `"single_label_classification"` (the default), `"multi_label_classification"` (sigmoid per label; with
+            `"threshold"`, `"pos_weight"`, `"always_top_label"`) or `"regression"` (one number, no `labels`; with the
+            train targets' `"target_mean"` / `"target_std"`). Single-label and token tasks may carry
+            `"class_weights"` (one per label); a token task `"crf": true` (and `"bio_constraints"`).
         pooling (`str`, defaults to `"mean"`):
             How sentence heads and embeddings pool the token states: `"cls"`, `"mean"`, `"max"` or `"pooler"`.
         normalize_embeddings (`bool`, defaults to `False`):
@@ -80,28 +160,14 @@ class MultiTaskConfig(PretrainedConfig):
         seen = set()
         for index, task in enumerate(self.tasks):
             where = f"MultiTaskConfig.tasks[{index}]"
-            unknown = set(task) - {"name", "type", "labels", "class_weights", "crf"}
+            allowed = {"name", "type", "problem_type", "labels", *TASK_KIND_KEYS.get(task_kind(task), ())}
+            unknown = set(task) - allowed
             if unknown:
-                raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-            name = task.get("name")
-            if not isinstance(name, str) or not name.isidentifier():
-                raise ValueError(f"{where}.name: {name!r} must be a Python identifier (it names `<name>_labels`)")
-            if name in seen:
-                raise ValueError(f"{where}.name: duplicate task name {name!r}")
-            seen.add(name)
-            if task.get("type") not in TASK_TYPES:
-                raise ValueError(f"{where}.type: {task.get('type')!r} is not one of {list(TASK_TYPES)}")
-            labels = task.get("labels")
-            if not isinstance(labels, (list, tuple)) or len(labels) < 2:
-                raise ValueError(f"{where}.labels: task {name!r} needs a list of at least 2 labels, got {labels!r}")
-            duplicates = sorted({label for label in labels if list(labels).count(label) > 1})
-            if duplicates:
-                raise ValueError(f"{where}.labels: duplicate labels {duplicates} in task {name!r}")
-            weights = task.get("class_weights")
-            if weights is not None and len(weights) != len(labels):
-                raise ValueError(f"{where}.class_weights: {len(weights)} weights for {len(labels)} labels")
-            if task.get("crf") and task["type"] != "token_classification":
-                raise ValueError(f"{where}.crf: a CRF only applies to token_classification tasks")
+                raise ValueError(f"{where}: unknown keys {sorted(unknown)} for a {task_kind(task)} task")
+            validate_task(task, where)
+            if task["name"] in seen:
+                raise ValueError(f"{where}.name: duplicate task name {task['name']!r}")
+            seen.add(task["name"])
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"MultiTaskConfig.pooling: {self.pooling!r} is not one of {list(POOLING_MODES)}")
         if self.pooling == "pooler" and not encoder_has_pooler(self.encoder):
@@ -139,4 +205,4 @@ class MultiTaskConfig(PretrainedConfig):
         return output
 
 
-__all__ = ["MultiTaskConfig"]
+__all__ = ["MultiTaskConfig", "task_kind", "task_num_outputs", "validate_task"]

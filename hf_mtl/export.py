@@ -5,11 +5,13 @@ import json
 import os
 
 from safetensors.torch import save_file
-from transformers import AutoModel, AutoModelForTokenClassification, AutoTokenizer
+from torch import nn
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from .configuration_mtl import encoder_has_pooler
 from .errors import ConfigError, ModelError
 from .pipeline_mtl import max_input_length
+from .tasks import tasks_of_config
 
 
 def load_multitask(model_dir: str):
@@ -30,32 +32,56 @@ def load_multitask(model_dir: str):
     return model, tokenizer
 
 
-def export_token_task(model_dir: str, task_name: str, output_dir: str) -> str:
+def export_task(model_dir: str, task_name: str, output_dir: str) -> str:
     """
-    Save the encoder and the head of one token task as a stock `AutoModelForTokenClassification` folder (with the
-    tokenizer and the task's `id2label`), so `pipeline("token-classification", model=output_dir)` serves it.
+    Save the encoder and one task's head as a stock folder with the tokenizer and the task's `id2label`: a token task
+    as `AutoModelForTokenClassification`, a sentence task as `AutoModelForSequenceClassification` with the task's
+    `problem_type` (a regression's target scale folded into the classifier), so `pipeline(...)` serves it.
     """
     model, tokenizer = load_multitask(model_dir)
-    tasks = {task["name"]: task for task in model.config.tasks}
-    token_tasks = [name for name, task in tasks.items() if task["type"] == "token_classification"]
-    if task_name not in token_tasks:
-        raise ConfigError(f"task {task_name!r}: not a token task of {model_dir}; its token tasks are {token_tasks}")
-    if tasks[task_name].get("crf"):
+    tasks = {task.name: task for task in tasks_of_config(model.config)}
+    if task_name not in tasks:
+        raise ConfigError(f"task {task_name!r}: not a task of {model_dir}; its tasks are {sorted(tasks)}")
+    task = tasks[task_name]
+    if getattr(task, "crf", False):
         raise ConfigError(f"task {task_name!r} decodes with a CRF, which AutoModelForTokenClassification lacks")
 
-    labels = tasks[task_name]["labels"]
     config = copy.deepcopy(model.config.encoder)
+    labels = task.labels or ["score"]
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: index for index, label in enumerate(labels)}
-    stock = AutoModelForTokenClassification.from_config(config)
-    # Token classifiers build their encoder without a pooler; ours has one only for `pooling="pooler"`.
     encoder_state = model.encoder.state_dict()
-    encoder_state = {name: value for name, value in encoder_state.items() if not name.startswith("pooler.")}
+    classifier = model.heads[task_name].classifier
+    weight, bias = classifier.weight.detach().clone(), classifier.bias.detach().clone()
+    if task.labels_per_token:
+        stock = AutoModelForTokenClassification.from_config(config)
+        # Token classifiers build their encoder without a pooler; ours has one only for `pooling="pooler"`.
+        encoder_state = {name: value for name, value in encoder_state.items() if not name.startswith("pooler.")}
+    else:
+        config.problem_type = task.kind
+        stock = AutoModelForSequenceClassification.from_config(config)
+        check_pooler_classifier(stock, model.config.pooling, task_name)
+        if task.kind == "regression":  # our head predicts the standardised target; the stock one reports y itself
+            weight, bias = weight * task.target_std, bias * task.target_std + task.target_mean
     stock.base_model.load_state_dict(encoder_state, strict=True)
-    stock.classifier.load_state_dict(model.heads[task_name].classifier.state_dict(), strict=True)
+    stock.classifier.load_state_dict({"weight": weight, "bias": bias}, strict=True)
     stock.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def check_pooler_classifier(stock, pooling: str, task_name: str) -> None:
+    """A stock sequence classifier reproduces our sentence head only where it is `classifier(dropout(pooler))`
+    (BERT and its relatives) and our model pools with that same pooler."""
+    pooler = getattr(stock.base_model, "pooler", None)
+    if pooling != "pooler" or pooler is None or not isinstance(getattr(stock, "classifier", None), nn.Linear):
+        raise ConfigError(
+            f"task {task_name!r}: a stock {type(stock).__name__} classifies "
+            + ("the encoder's pooler output" if pooler is not None else "with its own pre-classifier layers")
+            + f", but this model's sentence heads read {pooling!r} pooling, so the export would predict differently; "
+            "sentence tasks export only from models trained with pooling 'pooler' on an encoder with a pooler "
+            "(BERT-like). Use MultiTaskPipeline or the remote-code folder for this model."
+        )
 
 
 def export_sentence_transformers(model_dir: str, output_dir: str, normalize: bool | None = None) -> str:

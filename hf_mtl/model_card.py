@@ -12,20 +12,9 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .evaluation import MAIN_METRIC, SEQUENCE_CLASSIFICATION, TASK_METRICS, TOKEN_CLASSIFICATION, as_task_specs
+from .tasks import tasks_of_config
 
-HUB_TASK_TYPES = {SEQUENCE_CLASSIFICATION: "text-classification", TOKEN_CLASSIFICATION: "token-classification"}
 HUB_SPLITS = {"eval": "validation", "test": "test"}
-# Hub metric ids (evaluate metric names) and display names of our metric keys.
-METRIC_TYPES = {
-    TOKEN_CLASSIFICATION: {
-        "precision": ("precision", "Entity precision (seqeval)"),
-        "recall": ("recall", "Entity recall (seqeval)"),
-        "f1": ("f1", "Entity F1 (seqeval)"),
-        "accuracy": ("accuracy", "Tag accuracy"),
-    },
-    SEQUENCE_CLASSIFICATION: {"accuracy": ("accuracy", "Accuracy"), "macro_f1": ("f1", "Macro F1")},
-}
 EXAMPLE_SENTENCE = "Apple opened a new store in Paris on Monday."
 
 
@@ -56,21 +45,21 @@ def task_metric(metrics: dict | None, split: str, task_name: str, metric: str):
 
 def build_card_data(config, model_name, base_model, datasets, metrics_by_split, task_datasets=None) -> ModelCardData:
     """Hub metadata: one model-index result per task, split and metric found in `metrics_by_split`."""
-    tasks = as_task_specs(config.tasks)
+    tasks = tasks_of_config(config)
     task_datasets = task_datasets or {}
     eval_results = []
     for task in tasks:
         dataset_name = task_datasets.get(task.name) or (next(iter(datasets)) if len(datasets) == 1 else None)
         spec = datasets.get(dataset_name, {})
         for split, metrics in metrics_by_split.items():
-            for metric in TASK_METRICS[task.type]:
+            for metric in task.metric_names:
                 value = task_metric(metrics, split, task.name, metric)
                 if value is None:
                     continue
-                metric_type, metric_name = METRIC_TYPES[task.type][metric]
+                metric_type, metric_name, metric_args = task.card_metrics[metric]
                 eval_results.append(
                     EvalResult(
-                        task_type=HUB_TASK_TYPES[task.type],
+                        task_type=task.hub_task_type,
                         task_name=task.name,
                         dataset_type=_hub_dataset(spec) or dataset_name or "custom",
                         dataset_name=dataset_name or "evaluation data",
@@ -79,11 +68,11 @@ def build_card_data(config, model_name, base_model, datasets, metrics_by_split, 
                         metric_type=metric_type,
                         metric_value=value,
                         metric_name=metric_name,
-                        metric_args={"average": "macro"} if metric == "macro_f1" else None,
+                        metric_args=metric_args,
                     )
                 )
     hub_datasets = [_hub_dataset(spec) for spec in datasets.values()]
-    tags = ["hf_mtl", "multi-task", *sorted({HUB_TASK_TYPES[task.type] for task in tasks})]
+    tags = ["hf_mtl", "multi-task", *sorted({task.hub_task_type for task in tasks})]
     return ModelCardData(
         library_name="transformers",
         tags=tags,
@@ -132,7 +121,7 @@ def write_model_card(
 
 
 def _render_body(output_dir, config, model_name, base_model, datasets, training_settings, metrics_by_split, hub_model_id):
-    tasks = as_task_specs(config.tasks)
+    tasks = tasks_of_config(config)
     reference = hub_model_id or str(output_dir)
     encoder = config.encoder
     lines = [
@@ -144,9 +133,9 @@ def _render_body(output_dir, config, model_name, base_model, datasets, training_
         "",
         "## Tasks and labels",
         "",
-        "| task | type | labels |",
+        "| task | kind | labels |",
         "|---|---|---|",
-        *(f"| `{task.name}` | {HUB_TASK_TYPES[task.type]} | {', '.join(f'`{label}`' for label in task.labels)} |" for task in tasks),
+        *(f"| `{task.name}` | {task.kind} | {_labels_cell(task)} |" for task in tasks),
         "",
         "## Training",
         "",
@@ -207,14 +196,14 @@ def _render_results(tasks, metrics_by_split) -> list:
     splits = list(metrics_by_split)
     header = "| metric | " + " | ".join(HUB_SPLITS[split] for split in splits) + " |"
     rule = "|---|" + "---:|" * len(splits)
-    lines = ["", "## Results", "", "Fractions in [0, 1]; token tasks are scored at word level with seqeval (entity level)."]
+    lines = ["", "## Results", "", "Fractions in [0, 1] (mean squared errors in the target's units squared); token tasks are scored at word level with seqeval (entity level)."]
     for task in tasks:
         rows = []
-        for metric in TASK_METRICS[task.type]:
+        for metric in task.metric_names:
             values = [task_metric(metrics_by_split[split], split, task.name, metric) for split in splits]
             if any(value is not None for value in values):
-                name = METRIC_TYPES[task.type][metric][1]
-                main = " (main)" if metric == MAIN_METRIC[task.type] else ""
+                name = task.card_metrics[metric][1]
+                main = " (main)" if metric == task.main_metric else ""
                 rows.append(f"| {name}{main} | " + " | ".join("–" if v is None else f"{v:.4f}" for v in values) + " |")
         if rows:
             lines += ["", f"### `{task.name}`", "", header, rule, *rows]
@@ -224,6 +213,12 @@ def _render_results(tasks, metrics_by_split) -> list:
         summary = ", ".join(f"{HUB_SPLITS[split]} {score:.4f}" for split, score in scores.items())
         lines += ["", f"Mean of the tasks' main metrics (`score`): {summary}."]
     return lines
+
+
+def _labels_cell(task) -> str:
+    if task.labels is None:
+        return "a number" + (f" (train mean {task.target_mean:.4g}, sd {task.target_std:.4g})" if getattr(task, "target_mean", None) is not None else "")
+    return ", ".join(f"`{label}`" for label in task.labels)
 
 
 def _render_files(output_dir: Path) -> list:

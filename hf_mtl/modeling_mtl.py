@@ -1,4 +1,4 @@
-"""hf_mtl multi-task model: one shared encoder (any `AutoModel`), N named sentence/token classification heads.
+"""hf_mtl multi-task model: one shared encoder (any `AutoModel`), N named task heads of four kinds.
 
 Self-contained on purpose (torch, transformers and the relative config import only): `save_pretrained` copies
 this file next to the weights, so `AutoModel.from_pretrained(..., trust_remote_code=True)` runs without hf_mtl.
@@ -14,7 +14,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_mtl import MultiTaskConfig, encoder_has_pooler
+from .configuration_mtl import MultiTaskConfig, encoder_has_pooler, task_kind, task_num_outputs
 
 LABELS_SUFFIX = "_labels"
 
@@ -60,16 +60,120 @@ class MultiTaskPooling(nn.Module):
         return f"mode={self.mode!r}"
 
 
-class ClassificationHead(nn.Module):
-    """Dropout + linear layer, applied to a pooled sentence vector or to every token state."""
+class TaskHead(nn.Module):
+    """
+    Dropout + linear layer over the pooled sentence vector (sentence tasks) or every token state (token tasks); each
+    kind of task adds its loss and what "no label" looks like. `loss` is exactly 0 when no row has a label, so a
+    task of another data set in a mixed batch adds nothing.
+    """
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float):
+    reads_tokens = False
+
+    def __init__(self, task: dict, hidden_size: int, dropout: float):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, num_labels)
+        self.classifier = nn.Linear(hidden_size, task_num_outputs(task))
 
-    def forward(self, states):
-        return self.classifier(self.dropout(states))
+    def forward(self, token_states, pooled):
+        return self.classifier(self.dropout(token_states if self.reads_tokens else pooled))
+
+    def labelled_rows(self, labels):
+        """`[batch]` bool: which rows carry a label for this task (-100 = none)."""
+        return labels != -100
+
+    def loss(self, logits, labels, **kwargs):
+        raise NotImplementedError
+
+
+class SingleLabelClassificationHead(TaskHead):
+    """One class per sentence: class-weighted cross-entropy, averaged over the labelled rows (by their weights)."""
+
+    def __init__(self, task: dict, hidden_size: int, dropout: float):
+        super().__init__(task, hidden_size, dropout)
+        # A plain list read from the config, not a buffer: the config stays the one source of truth, and
+        # from_pretrained leaves non-persistent buffers uninitialised.
+        self.class_weights = task.get("class_weights")
+
+    def loss(self, logits, labels, **kwargs):
+        num_labels = logits.shape[-1]
+        flat_logits = logits.reshape(-1, num_labels).float()
+        flat_labels = labels.reshape(-1).to(flat_logits.device)
+        weights = None if self.class_weights is None else flat_logits.new_tensor(self.class_weights)
+        per_item = F.cross_entropy(flat_logits, flat_labels, weight=weights, ignore_index=-100, reduction="none")
+        kept = flat_labels != -100
+        if weights is not None:
+            denominator = weights[flat_labels.clamp(min=0)].mul(kept).sum()
+        else:
+            denominator = kept.sum().to(per_item.dtype)
+        return per_item.sum() / denominator.clamp(min=1e-9)
+
+
+class TokenClassificationHead(SingleLabelClassificationHead):
+    """One class per token (-100 on sub-tokens that carry no word label): the same weighted cross-entropy."""
+
+    reads_tokens = True
+
+    def labelled_rows(self, labels):
+        return (labels != -100).any(dim=-1)
+
+
+class MultiLabelClassificationHead(TaskHead):
+    """
+    Any number of labels per sentence: one sigmoid per label, binary cross-entropy (optionally `pos_weight` per
+    label) averaged over the labelled rows and labels. Labels are multi-hot floats; a row of -100 has no label.
+    """
+
+    def __init__(self, task: dict, hidden_size: int, dropout: float):
+        super().__init__(task, hidden_size, dropout)
+        self.pos_weight = task.get("pos_weight")
+
+    def labelled_rows(self, labels):
+        return labels[..., 0] != -100
+
+    def loss(self, logits, labels, **kwargs):
+        kept = self.labelled_rows(labels)
+        if not kept.any():
+            return logits.sum() * 0.0
+        predicted = logits[kept].float()
+        pos_weight = None if self.pos_weight is None else predicted.new_tensor(self.pos_weight)
+        targets = labels[kept].float().to(predicted.device)
+        return F.binary_cross_entropy_with_logits(predicted, targets, pos_weight=pos_weight)
+
+
+class RegressionHead(TaskHead):
+    """
+    One number per sentence, in the data's own units: the linear layer predicts the target standardised with the
+    train split's mean and standard deviation (kept in the config), and the loss is the mean squared error on that
+    standardised scale. NaN marks a row without a target.
+    """
+
+    def __init__(self, task: dict, hidden_size: int, dropout: float):
+        super().__init__(task, hidden_size, dropout)
+        self.target_mean = float(task.get("target_mean", 0.0))
+        self.target_std = float(task.get("target_std", 1.0))
+
+    def forward(self, token_states, pooled):
+        return super().forward(token_states, pooled) * self.target_std + self.target_mean
+
+    def labelled_rows(self, labels):
+        return ~torch.isnan(labels.reshape(labels.shape[0], -1)[:, 0])
+
+    def loss(self, logits, labels, **kwargs):
+        kept = self.labelled_rows(labels)
+        if not kept.any():
+            return logits.sum() * 0.0
+        predicted = logits.reshape(-1)[kept].float()
+        targets = labels.reshape(-1)[kept].float().to(predicted.device)
+        return F.mse_loss((predicted - targets) / self.target_std, torch.zeros_like(predicted))
+
+
+# One head class per kind of task (`configuration_mtl.task_kind`).
+TASK_HEADS = {
+    "single_label_classification": SingleLabelClassificationHead,
+    "multi_label_classification": MultiLabelClassificationHead,
+    "regression": RegressionHead,
+    "token_classification": TokenClassificationHead,
+}
 
 
 class MultiTaskPreTrainedModel(PreTrainedModel):
@@ -125,13 +229,8 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             )
         self.pooling = MultiTaskPooling(config.pooling)
         self.heads = nn.ModuleDict(
-            {task["name"]: ClassificationHead(hidden_size, len(task["labels"]), dropout) for task in config.tasks}
+            {task["name"]: TASK_HEADS[task_kind(task)](task, hidden_size, dropout) for task in config.tasks}
         )
-        for task in config.tasks:
-            if task.get("class_weights") is not None:
-                # Rebuilt from the config at every load: the config stays the one source of truth.
-                weights = torch.tensor(task["class_weights"], dtype=torch.float32)
-                self.register_buffer(f"{task['name']}_class_weights", weights, persistent=False)
         self.task_log_variances = (
             nn.Parameter(torch.zeros(len(config.tasks))) if config.loss_weighting == "uncertainty" else None
         )
@@ -187,8 +286,10 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, **labels):
         r"""
         labels (`<task name>_labels`, *optional*):
-            Per task: `[batch]` class ids for a sentence task, `[batch, seq]` tag ids for a token task; -100 ignores.
-            A task whose labels are absent, or all -100, adds exactly 0 to the loss.
+            Per task: `[batch]` class ids (single-label), `[batch, num_labels]` multi-hot floats (multi-label),
+            `[batch]` floats (regression) or `[batch, seq]` tag ids (token task). -100 (a row of -100 for
+            multi-label, NaN for regression) marks "no label"; a task whose labels are absent, or all missing, adds
+            exactly 0 to the loss.
         """
         unknown = [key for key in labels if not key.endswith(LABELS_SUFFIX) or key[: -len(LABELS_SUFFIX)] not in self.heads]
         if unknown:
@@ -199,24 +300,22 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         token_states, pooled = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds)
 
         logits, task_losses, loss = {}, {}, None
-        for index, task in enumerate(self.config.tasks):
-            name = task["name"]
-            is_token_task = task["type"] == "token_classification"
+        for index, (name, head) in enumerate(self.heads.items()):
             # Every head runs in every batch, so DDP never sees a parameter without a gradient.
-            logits[name] = self.heads[name](token_states if is_token_task else pooled)
+            logits[name] = head(token_states, pooled)
             task_labels = labels.get(name + LABELS_SUFFIX)
             if task_labels is None:
                 if not labels:
                     continue
                 # Keeps this head in the graph (a zero gradient) when other tasks are labelled.
-                task_loss = logits[name].sum() * 0.0
+                task_loss, has_labels = logits[name].sum() * 0.0, False
             else:
-                task_loss = self._task_loss(name, logits[name], task_labels)
+                task_loss = head.loss(logits[name], task_labels)
+                has_labels = bool(head.labelled_rows(task_labels).any())
             task_losses[name] = task_loss.detach()
             if self.task_log_variances is not None:
                 # Kendall et al. 2018: exp(-s) L + s/2, with s = log(sigma^2) learned; absent tasks add nothing.
                 log_variance = self.task_log_variances[index]
-                has_labels = task_labels is not None and bool((task_labels != -100).any())
                 weighted = torch.exp(-log_variance) * task_loss + (0.5 * log_variance if has_labels else 0.0 * log_variance)
             else:
                 weighted = self.config.loss_weights.get(name, 1.0) * task_loss
@@ -224,19 +323,5 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
 
         return MultiTaskOutput(loss=loss, logits=logits, task_losses=task_losses or None)
 
-    def _task_loss(self, name, task_logits, task_labels):
-        """Mean cross-entropy over the labels that are not -100 (class-weighted if configured); exactly 0 if none."""
-        num_labels = task_logits.shape[-1]
-        flat_logits = task_logits.reshape(-1, num_labels).float()
-        flat_labels = task_labels.reshape(-1).to(flat_logits.device)
-        class_weights = getattr(self, f"{name}_class_weights", None)
-        per_item = F.cross_entropy(flat_logits, flat_labels, weight=class_weights, ignore_index=-100, reduction="none")
-        kept = flat_labels != -100
-        if class_weights is not None:
-            denominator = class_weights[flat_labels.clamp(min=0)].mul(kept).sum()
-        else:
-            denominator = kept.sum().to(per_item.dtype)
-        return per_item.sum() / denominator.clamp(min=1e-9)
 
-
-__all__ = ["MultiTaskModel", "MultiTaskOutput", "MultiTaskPooling", "MultiTaskPreTrainedModel"]
+__all__ = ["MultiTaskModel", "MultiTaskOutput", "MultiTaskPooling", "MultiTaskPreTrainedModel", "TASK_HEADS"]

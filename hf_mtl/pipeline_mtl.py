@@ -17,12 +17,14 @@ import torch
 from transformers import AutoModel, AutoTokenizer, Pipeline
 from transformers.utils import logging
 
+from .configuration_mtl import task_kind
+
 logger = logging.get_logger(__name__)
 
 PIPELINE_TASK = "multi-task"
 # "0" or "1" overrides what this CPU is taken to be, so either precision path runs on any machine (README, tests).
 NATIVE_BF16_ENV = "HF_MTL_NATIVE_BF16"
-RESERVED_KEYS = ("text", "words", "tags")
+RESERVED_KEYS = ("text", "text_pair", "words", "words_pair", "tags")
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -149,6 +151,36 @@ class _Example:
     text: str
     word_spans: list
     chunks: list
+    text_pair: str | None = None
+
+
+def single_label_output(task: dict, logits) -> dict:
+    probabilities = _softmax(logits)
+    best = int(probabilities.argmax())
+    return {"label": task["labels"][best], "score": float(probabilities[best])}
+
+
+def multi_label_output(task: dict, logits) -> list:
+    """The labels whose sigmoid clears the task's threshold, best first (the best one alone if none does and the
+    task has `always_top_label`)."""
+    probabilities = 1.0 / (1.0 + np.exp(-logits))
+    order = np.argsort(-probabilities, kind="stable")
+    chosen = [index for index in order if probabilities[index] >= task.get("threshold", 0.5)]
+    if not chosen and task.get("always_top_label"):
+        chosen = order[:1]
+    return [{"label": task["labels"][index], "score": float(probabilities[index])} for index in chosen]
+
+
+def regression_output(task: dict, logits) -> dict:
+    return {"score": float(logits[0])}
+
+
+# What a sentence task returns per input, by kind (`configuration_mtl.task_kind`); token tasks return entity spans.
+SENTENCE_OUTPUTS = {
+    "single_label_classification": single_label_output,
+    "multi_label_classification": multi_label_output,
+    "regression": regression_output,
+}
 
 
 class MultiTaskPipeline(Pipeline):
@@ -160,7 +192,13 @@ class MultiTaskPipeline(Pipeline):
     >>> pipe("Apple opened a store in Paris")
     {"text": "Apple opened a store in Paris", "topic": {"label": "business", "score": 0.93},
      "ner": [{"entity": "ORG", "text": "Apple", "start": 0, "end": 5, "score": 0.98}, ...]}
+    >>> pipe({"text": "A man plays a guitar.", "text_pair": "Someone makes music."})  # a sentence pair
+    {"text": ..., "text_pair": ..., "similarity": {"score": 3.9}, "paraphrase": {"label": "1", "score": 0.9}}
     ```
+
+    Per kind of task: a single-label task gives `{"label", "score"}`, a multi-label task a list of
+    `{"label", "score"}` (the labels over its threshold, best first), a regression `{"score": number}` in the data's
+    units, a token task its entity spans `{"entity", "text", "start", "end", "score"}`.
 
     The same class is what `transformers.pipeline(model=folder, trust_remote_code=True)` builds when the folder was
     prepared with [`add_pipeline_to_folder`].
@@ -168,6 +206,8 @@ class MultiTaskPipeline(Pipeline):
     Token tasks are decoded per word (see [`split_words`]) from each word's first sub-token, so entity offsets never
     cut a word. Inputs are batched longest first with per-batch padding; inputs longer than the model's maximum are
     read in overlapping word windows, so every word gets a tag, and sentence heads average their logits over windows.
+    A sentence pair is read as the tokenizer's pair input, truncated (`longest_first`) to the maximum instead; token
+    tasks then tag the words of `text`.
 
     Call parameters (also accepted at construction):
         batch_size (`int`, defaults to 32): inputs per forward pass.
@@ -208,7 +248,7 @@ class MultiTaskPipeline(Pipeline):
         if tokenizer is None or not getattr(tokenizer, "is_fast", False):
             raise ValueError("MultiTaskPipeline needs a fast tokenizer (character offsets give the entity spans)")
         super().__init__(model=model, tokenizer=tokenizer, **kwargs)
-        self.tasks = tasks
+        self.tasks = [{**task, "kind": task_kind(task)} for task in tasks]
 
     def get_inference_context(self):
         # inference_mode skips autograd's version counters: about 6 % faster than Pipeline's default no_grad on MiniLM
@@ -229,15 +269,17 @@ class MultiTaskPipeline(Pipeline):
 
     def __call__(self, inputs, batch_size=None, **kwargs):
         """
-        Predict every task for one input (returns a dict) or a list of inputs (returns a list of dicts, in order).
+        Predict every task for one input (returns a dict) or a list of inputs (returns a list of dicts, in order). An
+        input is a string, a `{"text": ..., "text_pair": ...}` dict (a sentence pair), or with
+        `is_split_into_words=True` a list of words.
         """
         preprocess_params, forward_params, postprocess_params = self._call_parameters(kwargs)
-        if not isinstance(inputs, (str, list, tuple)):
+        if not isinstance(inputs, (str, dict, list, tuple)):
             inputs = list(inputs)
-        if len(inputs) == 0 and not isinstance(inputs, str):
+        if len(inputs) == 0 and not isinstance(inputs, (str, dict)):
             return []
         words_given = preprocess_params.get("is_split_into_words", False)
-        single = isinstance(inputs, str) or (words_given and isinstance(inputs[0], str))
+        single = isinstance(inputs, (str, dict)) or (words_given and isinstance(inputs[0], str))
         examples = self.preprocess([inputs] if single else list(inputs), **preprocess_params)
 
         chunks = [chunk for example in examples for chunk in example.chunks]
@@ -256,7 +298,7 @@ class MultiTaskPipeline(Pipeline):
         positions = [position for chunk in batch_chunks for position in chunk.token_positions]
         for task in self.tasks:
             name = task["name"]
-            if task["type"] == "sequence_classification":
+            if task["kind"] in SENTENCE_OUTPUTS:
                 for chunk, values in zip(batch_chunks, logits[name].numpy()):
                     chunk.logits[name] = values
                 continue
@@ -271,17 +313,33 @@ class MultiTaskPipeline(Pipeline):
     def preprocess(self, inputs, is_split_into_words=False, max_length=None):
         """Tokenize a list of inputs into `_Example`s, each with one chunk, or several word windows when too long."""
         max_length = min(max_length or self.max_length, self.max_length)
-        if is_split_into_words:
-            texts, all_spans = [], []
-            for words in inputs:
-                starts = np.cumsum([0] + [len(word) + 1 for word in words[:-1]])
-                texts.append(" ".join(words))
-                all_spans.append([(int(start), int(start) + len(word)) for start, word in zip(starts, words)])
-        else:
-            texts, all_spans = list(inputs), [split_words(text) for text in inputs]
+        texts, pairs, all_spans = [], [], []
+        for item in inputs:
+            text, pair = self._split_input(item)
+            if is_split_into_words and not isinstance(item, dict):
+                starts = np.cumsum([0] + [len(word) + 1 for word in item[:-1]])
+                texts.append(" ".join(item))
+                all_spans.append([(int(start), int(start) + len(word)) for start, word in zip(starts, item)])
+            else:
+                texts.append(text)
+                all_spans.append(split_words(text))
+            pairs.append(pair)
 
-        examples = []
-        for text, spans, encoding in zip(texts, all_spans, self._tokenize(texts)):
+        examples = [None] * len(texts)
+        paired = [index for index, pair in enumerate(pairs) if pair is not None]
+        if paired:
+            # A pair is one chunk, truncated longest-first: windows would cut the relation between its two texts.
+            encodings = self._tokenize([texts[i] for i in paired], [pairs[i] for i in paired], max_length=max_length)
+            for index, encoding in zip(paired, encodings):
+                first_tokens = first_token_of_words(
+                    all_spans[index], encoding.pop("offset_mapping"), encoding.pop("special_tokens_mask")
+                )
+                words = [word for word, token in enumerate(first_tokens) if token is not None]
+                chunk = _Chunk(encoding, words, [first_tokens[word] for word in words])
+                examples[index] = _Example(texts[index], all_spans[index], [chunk], text_pair=pairs[index])
+        single = [index for index, pair in enumerate(pairs) if pair is None]
+        for index, encoding in zip(single, self._tokenize([texts[i] for i in single]) if single else []):
+            text, spans = texts[index], all_spans[index]
             special_tokens_mask = encoding.pop("special_tokens_mask")
             first_tokens = first_token_of_words(spans, encoding.pop("offset_mapping"), special_tokens_mask)
             if len(encoding["input_ids"]) <= max_length:
@@ -295,8 +353,20 @@ class MultiTaskPipeline(Pipeline):
                     if first_tokens[word] is not None:
                         counts[word], following = following - first_tokens[word], first_tokens[word]
                 chunks = self._window_chunks(text, spans, counts, max_length)
-            examples.append(_Example(text, spans, chunks))
+            examples[index] = _Example(text, spans, chunks)
         return examples
+
+    @staticmethod
+    def _split_input(item):
+        """`(text, text_pair or None)` of one input: a string, a word list, or a `{"text", "text_pair"}` dict."""
+        if isinstance(item, dict):
+            unknown = set(item) - {"text", "text_pair"}
+            if unknown or not isinstance(item.get("text"), str) or not isinstance(item.get("text_pair", ""), str):
+                raise ValueError(
+                    f'an input dict holds "text" and optionally "text_pair", both strings; got keys {sorted(item)}'
+                )
+            return item["text"], item.get("text_pair")
+        return item, None
 
     def _window_chunks(self, text, spans, token_counts, max_length):
         windows = word_windows(token_counts, max_length - self.tokenizer.num_special_tokens_to_add())
@@ -315,10 +385,14 @@ class MultiTaskPipeline(Pipeline):
             chunks.append(_Chunk(encoding, owned, [first_tokens[word - start] for word in owned]))
         return chunks
 
-    def _tokenize(self, texts, max_length=None):
-        """One feature dict per text with offsets and special-token masks; truncated only when `max_length` is set."""
+    def _tokenize(self, texts, pairs=None, max_length=None):
+        """
+        One feature dict per text (or pair) with offsets and special-token masks; truncated only when `max_length` is
+        set. The tokens of a pair's second text count as special: words, spans and tags are those of the first.
+        """
         encoding = self.tokenizer(
-            texts, truncation=max_length is not None, max_length=max_length, return_attention_mask=False, verbose=False
+            texts, pairs, truncation=max_length is not None, max_length=max_length, return_attention_mask=False,
+            verbose=False,
         )
         features = [{key: encoding[key][index] for key in encoding} for index in range(len(texts))]
         # Offsets and special-token masks read from the tokenizers `Encoding`s: the same values, but half the time of
@@ -326,6 +400,11 @@ class MultiTaskPipeline(Pipeline):
         for feature, text_encoding in zip(features, encoding.encodings):
             feature["offset_mapping"] = text_encoding.offsets
             feature["special_tokens_mask"] = text_encoding.special_tokens_mask
+            if pairs is not None:
+                feature["special_tokens_mask"] = [
+                    int(special or sequence != 0)
+                    for special, sequence in zip(text_encoding.special_tokens_mask, text_encoding.sequence_ids)
+                ]
         return features
 
     def _batches(self, features, batch_size=None):
@@ -344,15 +423,17 @@ class MultiTaskPipeline(Pipeline):
 
     def postprocess(self, example, return_tags=False):
         output = {"text": example.text}
+        if example.text_pair is not None:
+            output["text_pair"] = example.text_pair
         tags = {}
         for task in self.tasks:
-            name, labels = task["name"], task["labels"]
-            if task["type"] == "sequence_classification":
+            name = task["name"]
+            if task["kind"] in SENTENCE_OUTPUTS:
                 chunk_logits = [chunk.logits[name] for chunk in example.chunks]
-                probabilities = _softmax(chunk_logits[0] if len(chunk_logits) == 1 else np.mean(chunk_logits, axis=0))
-                best = int(probabilities.argmax())
-                output[name] = {"label": labels[best], "score": float(probabilities[best])}
+                logits = chunk_logits[0] if len(chunk_logits) == 1 else np.mean(chunk_logits, axis=0)
+                output[name] = SENTENCE_OUTPUTS[task["kind"]](task, logits)
                 continue
+            labels = task["labels"]
             word_tags, word_scores = ["O"] * len(example.word_spans), [0.0] * len(example.word_spans)
             for chunk in example.chunks:
                 for word, best, score in zip(chunk.words, *chunk.word_predictions[name]):

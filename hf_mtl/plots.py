@@ -1,4 +1,5 @@
-"""PNG plots of a run in `output_dir/plots/`: training loss per task, eval metrics over evaluations, confusion matrices.
+"""PNG plots of a run in `output_dir/plots/`: training loss per task, eval metrics over evaluations, and each task
+kind's own plot (confusion matrix, per-label F1, predicted vs gold).
 
 Figures are built with `matplotlib.figure.Figure`, not pyplot: no global backend switch or figure registry in the
 caller's process, and `savefig` renders PNGs with Agg on any machine (no display needed).
@@ -9,10 +10,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .evaluation import SEQUENCE_CLASSIFICATION, as_task_specs, confusion_matrix
-
-# `eval_<task>_<metric>` keys of the metrics `build_compute_metrics` returns (eval_loss/runtime/... are not metrics).
-EVAL_METRIC_SUFFIXES = ("_accuracy", "_macro_f1", "_precision", "_recall", "_f1")
+# `eval_<task>_<metric>` keys in [0, 1] of the metrics `build_compute_metrics` returns (eval_loss, runtime and mse
+# are not on that scale).
+EVAL_METRIC_SUFFIXES = ("_accuracy", "_f1", "_precision", "_recall", "_pearson", "_spearman")
 
 
 def write_plots(output_dir, tasks=None, decoded=None, split_name: str = "eval", log_history=None) -> list:
@@ -21,8 +21,8 @@ def write_plots(output_dir, tasks=None, decoded=None, split_name: str = "eval", 
 
     Args:
         log_history: Trainer's log history; defaults to the one in `output_dir/trainer_state.json` (none if absent).
-        tasks, decoded: task specs and `decode_predictions` output of one split, for the confusion matrices.
-        split_name: the split `decoded` comes from, shown in the confusion matrix titles.
+        tasks, decoded: the run's tasks and `decode_predictions` output of one split, for each task's own plot.
+        split_name: the split `decoded` comes from, shown in those plots' titles.
     """
     output_dir = Path(output_dir)
     plots_dir = output_dir / "plots"
@@ -33,10 +33,10 @@ def write_plots(output_dir, tasks=None, decoded=None, split_name: str = "eval", 
         plot_training_loss(log_history, plots_dir / "training_loss.png"),
         plot_eval_metrics(log_history, plots_dir / "eval_metrics.png"),
     ]
-    for task in as_task_specs(tasks or []):
-        if task.type == SEQUENCE_CLASSIFICATION and any(task.name in example for example in decoded or []):
-            path = plots_dir / f"confusion_matrix_{task.name}.png"
-            paths.append(plot_confusion_matrix(task, decoded, path, split_name))
+    for task in tasks or []:
+        examples = [example for example in decoded or [] if task.name in example]
+        if examples:
+            paths.append(task.plot(examples, plots_dir, split_name))
     return [path for path in paths if path is not None]
 
 
@@ -105,10 +105,8 @@ def plot_eval_metrics(log_history: list, path) -> Path | None:
     return _save(figure, Path(path))
 
 
-def plot_confusion_matrix(task, decoded: list, path, split_name: str = "eval") -> Path:
-    """Heat map of a sentence task's confusion matrix (rows gold, columns predicted) with the counts written in."""
-    task = as_task_specs([task])[0]
-    labels, counts = confusion_matrix(task, decoded)
+def plot_confusion_matrix(labels: list, counts: list, path, title: str) -> Path:
+    """Heat map of a confusion matrix (rows gold, columns predicted) with the counts written in."""
     side = max(4.0, 0.6 * len(labels) + 2.5)
     figure = Figure(figsize=(side + 1, side))
     axes = figure.add_subplot()
@@ -120,8 +118,42 @@ def plot_confusion_matrix(task, decoded: list, path, split_name: str = "eval") -
             axes.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
     axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     axes.set_yticks(range(len(labels)), labels)
-    axes.set(title=f"{task.name}: confusion matrix ({split_name})", xlabel="predicted", ylabel="gold")
+    axes.set(title=title, xlabel="predicted", ylabel="gold")
     return _save(figure, Path(path))
 
 
-__all__ = ["plot_confusion_matrix", "plot_eval_metrics", "plot_training_loss", "write_plots"]
+def plot_per_label_f1(labels: list, f1: list, support: list, path, title: str) -> Path:
+    """Horizontal bars of each label's F1, with its gold support written beside the bar."""
+    figure = Figure(figsize=(8, max(3.0, 0.35 * len(labels) + 1.5)))
+    axes = figure.add_subplot()
+    axes.barh(range(len(labels)), f1, color="tab:blue")
+    for row, (value, count) in enumerate(zip(f1, support)):
+        axes.text(min(value + 0.01, 0.9), row, f"{value:.2f} (n={count})", va="center", fontsize="small")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.invert_yaxis()
+    axes.set(title=title, xlabel="F1", xlim=(0, 1.05))
+    axes.grid(axis="x", alpha=0.3)
+    return _save(figure, Path(path))
+
+
+def plot_regression(gold: list, predicted: list, path, title: str) -> Path:
+    """Predicted against gold values, with the diagonal where they would be equal."""
+    figure = Figure(figsize=(6, 6))
+    axes = figure.add_subplot()
+    axes.scatter(gold, predicted, s=8, alpha=0.5)
+    low, high = min(min(gold), min(predicted)), max(max(gold), max(predicted))
+    axes.plot([low, high], [low, high], color="black", linestyle="--", linewidth=1, label="predicted = gold")
+    axes.set(title=title, xlabel="gold", ylabel="predicted")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, Path(path))
+
+
+__all__ = [
+    "plot_confusion_matrix",
+    "plot_eval_metrics",
+    "plot_per_label_f1",
+    "plot_regression",
+    "plot_training_loss",
+    "write_plots",
+]

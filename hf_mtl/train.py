@@ -18,9 +18,9 @@ import transformers
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
 from .configuration_mtl import MultiTaskConfig
-from .data import MultiTaskCollator, TaskSpec, prepare_datasets
+from .data import MultiTaskCollator, prepare_datasets
 from .errors import ConfigError, HfMtlError, ModelError
-from .evaluation import build_compute_metrics, decode_predictions, preprocess_logits_for_metrics
+from .evaluation import build_compute_metrics, build_preprocess_logits_for_metrics, decode_predictions
 from .hub import push_folder_to_hub
 from .model_card import write_model_card
 from .modeling_mtl import MultiTaskModel
@@ -184,13 +184,6 @@ def resolve_resume(value, output_dir):
     return value
 
 
-def balanced_class_weights(counts) -> list:
-    """sklearn's 'balanced': n / (k · n_c); a class never seen in train gets weight 1."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total, classes = counts.sum(), len(counts)
-    return [float(total / (classes * count)) if count > 0 else 1.0 for count in counts]
-
-
 def trained_config(model_path: str):
     """The config of an hf_mtl model folder, or None when the path is a plain encoder."""
     config_file = os.path.join(model_path, "config.json")
@@ -218,12 +211,9 @@ def model_settings(model_args, previous_config) -> dict:
 def build_model(model_args, model_path, encoder_config, tasks, previous_config):
     """A new model on a pretrained encoder, or a trained hf_mtl model whose reused heads keep their weights."""
     for index, task in enumerate(tasks):
-        if task.crf:
+        if getattr(task, "crf", False):
             raise ConfigError(f"tasks[{index}].crf: a CRF head is not available yet; remove the key")
-    head_tasks = [{"name": t.name, "type": t.type, "labels": list(t.labels)} for t in tasks]
-    for head, task in zip(head_tasks, tasks):
-        if task.class_weights is not None:
-            head["class_weights"] = list(task.class_weights)
+    head_tasks = [task.head_config() for task in tasks]
     config_kwargs = model_settings(model_args, previous_config)
     try:
         MultiTaskConfig(encoder=encoder_config.to_dict(), tasks=head_tasks, **config_kwargs)
@@ -234,7 +224,7 @@ def build_model(model_args, model_path, encoder_config, tasks, previous_config):
         return MultiTaskModel.from_encoder(model_path, tasks=head_tasks, **config_kwargs, **load_kwargs)
 
     reused = [t for t in tasks if t.name in previous_config.task_names and not t.reinit_head]
-    if config_kwargs["pooling"] != previous_config.pooling and any(t.type == "sequence_classification" for t in reused):
+    if config_kwargs["pooling"] != previous_config.pooling and any(not t.labels_per_token for t in reused):
         raise ConfigError(
             f"pooling: the trained sentence heads were trained on {previous_config.pooling!r} pooling, not "
             f"{config_kwargs['pooling']!r}; drop the key or set reinit_head on those tasks"
@@ -257,23 +247,6 @@ def build_model(model_args, model_path, encoder_config, tasks, previous_config):
                     model.task_log_variances[index] = trained.task_log_variances[previous_config.task_names.index(task.name)]
     model.name_or_path = model_path
     return model
-
-
-def check_reused_heads(tasks, previous_tasks):
-    """A reused head keeps its label list (and order); a different list needs `reinit_head`."""
-    for index, task in enumerate(tasks):
-        previous = previous_tasks.get(task.name)
-        if previous is None or task.reinit_head:
-            continue
-        if previous["type"] != task.type:
-            raise ConfigError(f"tasks[{index}].type: the trained head {task.name!r} is {previous['type']}")
-        if task.labels is None:
-            task.labels = list(previous["labels"])
-        elif list(task.labels) != list(previous["labels"]):
-            raise ConfigError(
-                f"tasks[{index}].labels: differ from the trained head {task.name!r} ({previous['labels']}); "
-                'set "reinit_head": true to train a new head'
-            )
 
 
 def main(argv=None):
@@ -303,10 +276,7 @@ def main(argv=None):
     # Byte-level BPE tokenizers need a prefix space to take pre-split words (as in run_ner.py).
     prefix_space = {"add_prefix_space": True} if encoder_config.model_type in {"roberta", "deberta", "gpt2", "bloom"} else {}
     tokenizer = AutoTokenizer.from_pretrained(model_path, **prefix_space)
-    tasks = [task if isinstance(task, TaskSpec) else TaskSpec.from_dict(task, index) for index, task in enumerate(data_args.tasks)]
     previous_config = trained_config(model_path)
-    if previous_config is not None:
-        check_reused_heads(tasks, {task["name"]: task for task in previous_config.tasks})
     max_positions = getattr(encoder_config, "max_position_embeddings", None)
     if max_positions is not None and encoder_config.model_type in {"roberta", "xlm-roberta", "camembert"}:
         max_positions -= encoder_config.pad_token_id + 1  # their position ids start after the padding index
@@ -317,20 +287,14 @@ def main(argv=None):
                                          ("test", training_args.do_predict)) if wanted]
     with training_args.main_process_first(desc="dataset preprocessing"):
         data = prepare_datasets(
-            data_args.datasets, tasks, tokenizer,
+            data_args.datasets, data_args.tasks, tokenizer,
             max_seq_length=data_args.max_seq_length, label_all_tokens=data_args.label_all_tokens,
             validation_split_percentage=data_args.validation_split_percentage,
             task_sampling=data_args.task_sampling, sampling_temperature=data_args.sampling_temperature,
             seed=training_args.seed, num_proc=data_args.preprocessing_num_workers, splits=tuple(splits),
+            trained_tasks={task["name"]: task for task in previous_config.tasks} if previous_config else None,
         )
     tasks = data.tasks
-    for task in tasks:
-        if task.class_weights == "balanced":
-            if task.name in data.class_counts:
-                task.class_weights = balanced_class_weights(data.class_counts[task.name])
-            else:  # no train split in this run: the weights only matter to a loss nobody computes
-                previous = previous_config.get_task(task.name) if previous_config and task.name in previous_config.task_names else {}
-                task.class_weights = previous.get("class_weights")
     train_dataset, eval_dataset, test_dataset = data.train, data.validation, data.test
     if data_args.max_train_samples is not None and train_dataset is not None:
         train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
@@ -362,7 +326,6 @@ def main(argv=None):
     logger.info("\n".join(
         [f"hf_mtl run: world size {training_args.world_size}, device {training_args.device}",
          f"model: {model_args.model_name_or_path} ({'trained hf_mtl model' if previous_config else 'new heads'})"]
-        + [f"task {t.name} ({t.type}) on {t.dataset}: {len(t.labels)} labels" for t in tasks]
         + data.summary
         + [f"sampling share {name}: {share:.3f}" for name, share in data.sampling_probabilities.items()]
         + ["parameters:"] + parameter_summary(model)
@@ -380,9 +343,9 @@ def main(argv=None):
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        data_collator=MultiTaskCollator(tokenizer, pad_to_multiple_of=data_args.pad_to_multiple_of),
+        data_collator=MultiTaskCollator(tokenizer, tasks, pad_to_multiple_of=data_args.pad_to_multiple_of),
         compute_metrics=build_compute_metrics(tasks, eval_dataset) if eval_dataset is not None else None,
-        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        preprocess_logits_for_metrics=build_preprocess_logits_for_metrics(tasks),
         callbacks=callbacks,
         optimizer_groups_kwargs=dict(
             encoder_learning_rate=model_args.encoder_learning_rate,
@@ -479,7 +442,7 @@ def training_settings(model_config, model_args, data_args, training_args) -> dic
 def print_test_metrics(metrics, tasks):
     lines = ["test metrics:"]
     for task in tasks:
-        names = ("accuracy", "macro_f1") if task.type == "sequence_classification" else ("precision", "recall", "f1")
+        names = task.metric_names
         values = [f"{name} {metrics[f'test_{task.name}_{name}']:.4f}" for name in names if f"test_{task.name}_{name}" in metrics]
         lines.append(f"  {task.name:<12} " + "  ".join(values))
     print("\n".join(lines))

@@ -203,9 +203,10 @@ class MultiTaskTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training and outputs.get("task_losses"):
+            heads = self.accelerator.unwrap_model(model).heads
             for name, task_loss in outputs["task_losses"].items():
                 # Averaged over the batches that held labels for the task, so mixed runs are not diluted by zeros.
-                labelled = (inputs[f"{name}_labels"] != -100).any().float()
+                labelled = heads[name].labelled_rows(inputs[f"{name}_labels"]).any().float()
                 total, batches = self._task_loss_sums.get(name, (0.0, 0.0))
                 self._task_loss_sums[name] = (total + task_loss.detach() * labelled, batches + labelled)
         return (loss, outputs) if return_outputs else loss

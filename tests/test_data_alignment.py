@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hf_mtl.data import MultiTaskCollator, prepare_datasets
+from hf_mtl.tasks import parse_task
 
 SNIPS_TASKS = [
     {"name": "intent", "type": "sequence_classification", "dataset": "snips_train"},
@@ -191,7 +192,7 @@ def test_collator_pads_inputs_and_labels(two_data_sets, tokenizer):
     data = prepare_datasets(datasets, tasks, tokenizer, splits=("train", "test"))
     rows = [data.test[index] for index in range(len(data.test))]  # eval rows: the extra columns must be dropped
     longest = max(len(row["input_ids"]) for row in rows)
-    batch = MultiTaskCollator(tokenizer)(rows)
+    batch = MultiTaskCollator(tokenizer, data.tasks)(rows)
     assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "ner_labels", "topic_labels"}
     assert batch["input_ids"].shape == batch["ner_labels"].shape == (5, longest)
     assert batch["topic_labels"].tolist() == [-100, -100, -100, 0, 1] and batch["topic_labels"].dtype == torch.long
@@ -200,7 +201,7 @@ def test_collator_pads_inputs_and_labels(two_data_sets, tokenizer):
         assert batch["ner_labels"][index].tolist() == row["ner_labels"] + [-100] * (longest - length)
         assert batch["attention_mask"][index].tolist() == [1] * length + [0] * (longest - length)
 
-    train_batch = MultiTaskCollator(tokenizer, pad_to_multiple_of=8)(
+    train_batch = MultiTaskCollator(tokenizer, data.tasks, pad_to_multiple_of=8)(
         [data.train[index] for index in range(len(data.train))]
     )
     assert set(train_batch) == set(batch) and train_batch["input_ids"].shape[1] % 8 == 0
@@ -214,7 +215,9 @@ def test_collator_pads_labels_on_the_left_for_left_padding(tokenizer):
         {"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1], "ner_labels": [-100, 3, -100], "length": 3},
         {"input_ids": [101, 102], "attention_mask": [1, 1], "ner_labels": [-100, -100], "length": 2},
     ]
-    batch = MultiTaskCollator(left)(rows)
+    ner = parse_task({"name": "ner", "type": "token_classification", "labels": ["O", "B-X", "I-X", "B-Y"]}, "ner",
+                     require_dataset=False)
+    batch = MultiTaskCollator(left, [ner])(rows)
     assert batch["input_ids"][1].tolist() == [left.pad_token_id, 101, 102]
     assert batch["ner_labels"][1].tolist() == [-100, -100, -100] and batch["ner_labels"][0].tolist() == [-100, 3, -100]
 

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from hf_mtl.data import TaskSpec, load_raw_dataset, prepare_datasets
+from hf_mtl.data import load_raw_dataset, prepare_datasets
+from hf_mtl.tasks import parse_task
 from hf_mtl.errors import ConfigError, DataError
 
 NER = [{"name": "ner", "type": "token_classification", "dataset": "d"}]
@@ -200,7 +201,7 @@ def test_task_naming_an_undeclared_data_set(tokenizer):
 )
 def test_bad_task_fields(task, message):
     with pytest.raises(ConfigError, match=message):
-        TaskSpec.from_dict(task, 0)
+        parse_task(task, "tasks[0]")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ import datasets
 import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
-from hf_mtl.data import iob1_to_iob2, load_raw_dataset, prepare_datasets
+from hf_mtl.data import load_raw_dataset, prepare_datasets
+from hf_mtl.tasks import iob1_to_iob2
 
 CONLL2003_COUNTS = {"train": (14041, 23499), "validation": (3250, 5942), "test": (3453, 5648)}
 
@@ -99,7 +100,7 @@ def test_json_lines_with_string_labels(tmp_path, tokenizer):
     assert data.label_lists == {"topic": ["business", "sports"], "ner": ["O", "B-LOC", "B-PER"]}
     assert data.train["topic_labels"] == [1, 0, 1]
     assert data.validation["topic_gold"] == ["sports"] and data.validation["ner_gold"] == [["B-PER", "O"]]
-    assert data.class_counts["topic"] == [1, 2]
+    assert data.tasks[0].class_counts(data.train["topic_labels"]) == [1, 2]
     assert data.test is None
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
-from hf_mtl.data import iob1_to_iob2, prepare_datasets
+from hf_mtl.data import prepare_datasets
+from hf_mtl.tasks import iob1_to_iob2
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MIN_SIZES = {"train": 1000, "validation": 200, "test": 200}

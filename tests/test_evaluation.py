@@ -10,18 +10,19 @@ from transformers.trainer_pt_utils import nested_concat, nested_numpify
 
 from hf_mtl.evaluation import (
     build_compute_metrics,
+    build_preprocess_logits_for_metrics,
     compute_metrics_from_decoded,
     decode_predictions,
     load_metric,
-    preprocess_logits_for_metrics,
 )
+from hf_mtl.tasks import tasks_of_config
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 TOPIC_LABELS = ["business", "sports", "tech"]
-TASKS = [
+TASKS = tasks_of_config([
     {"name": "ner", "type": "token_classification", "labels": NER_LABELS},
     {"name": "topic", "type": "sequence_classification", "labels": TOPIC_LABELS},
-]
+])
 
 # word_ids: -1 for [CLS]/[SEP]; "Smithson" is two subtokens; example 1 lost "New York" to truncation;
 # example 2 has gold labels the model does not know (B-ORG, "politics"); examples 1 and 3 lack one task's gold.
@@ -130,6 +131,7 @@ def test_compute_metrics_through_trainer_batching(tmp_path):
             "topic": torch.nn.functional.one_hot(torch.tensor([TOPIC_IDS[i] for i in examples]), 3).float(),
         }
 
+    preprocess_logits_for_metrics = build_preprocess_logits_for_metrics(TASKS)
     first = preprocess_logits_for_metrics(batch_logits([0, 1]), labels=None)
     # The tuple form Trainer passes when the model returns another output after the logits dict.
     second = preprocess_logits_for_metrics((batch_logits([2, 3]), {"ner": torch.zeros(())}), labels=None)
@@ -143,14 +145,9 @@ def test_compute_metrics_through_trainer_batching(tmp_path):
     assert metrics == pytest.approx(compute_metrics_from_decoded(TASKS, decode_predictions(TASKS, padded_predictions(), ROWS)))
 
 
-def test_task_objects_and_tasks_without_any_gold():
-    class Task:
-        def __init__(self, name, type, labels):
-            self.name, self.type, self.labels = name, type, labels
-
-    tasks = [Task(**task) for task in TASKS]
+def test_tasks_without_any_gold():
     rows = [dict(row, ner_gold=[]) for row in ROWS]
-    metrics = compute_metrics_from_decoded(tasks, decode_predictions(tasks, padded_predictions(), rows))
+    metrics = compute_metrics_from_decoded(TASKS, decode_predictions(TASKS, padded_predictions(), rows))
     assert set(metrics) == {"topic_accuracy", "topic_macro_f1", "score"}
     assert metrics["score"] == metrics["topic_accuracy"]
 

@@ -9,11 +9,12 @@ from seqeval.metrics import classification_report
 from hf_mtl.evaluation import compute_metrics_from_decoded
 from hf_mtl.plots import write_plots
 from hf_mtl.reports import write_predictions_jsonl, write_report
+from hf_mtl.tasks import tasks_of_config
 
-TASKS = [
+TASKS = tasks_of_config([
     {"name": "ner", "type": "token_classification", "labels": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]},
     {"name": "topic", "type": "sequence_classification", "labels": ["business", "sports", "tech"]},
-]
+])
 DECODED = [
     {
         "words": ["John", "Smith", "visited", "Paris"],

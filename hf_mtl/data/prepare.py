@@ -1,18 +1,18 @@
 """`prepare_datasets`: the run config's `datasets` and `tasks` blocks -> model-ready train / validation / test sets."""
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import partial
 
-import numpy as np
 from datasets import Dataset, concatenate_datasets
 
 from ..errors import ConfigError, DataError
+from ..tasks import Task, parse_task
 from .preprocessing import check_fast_tokenizer, class_label_names, encode_split, normalize_split
 from .readers import json_lines_location, load_raw_dataset
 from .sampling import mix_datasets, sampling_probabilities
-from .specs import TaskSpec, check_dataset_specs, parse_task_specs
-from .tags import build_label_list, count_unknown_labels
+from .specs import check_dataset_specs, parse_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -21,16 +21,18 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class PreparedData:
-    """What a run trains and evaluates on; `summary` is meant for the run log."""
+    """What a run trains and evaluates on, with its tasks resolved; `summary` is meant for the run log."""
 
-    tasks: list[TaskSpec]
-    label_lists: dict[str, list[str]]
+    tasks: list[Task]
     train: Dataset | None
     validation: Dataset | None
     test: Dataset | None
     sampling_probabilities: dict[str, float]
     summary: list[str] = field(default_factory=list)
-    class_counts: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def label_lists(self) -> dict:
+        return {task.name: None if task.labels is None else list(task.labels) for task in self.tasks}
 
 
 def prepare_datasets(
@@ -47,58 +49,56 @@ def prepare_datasets(
     base_dir=".",
     num_proc: int | None = None,
     splits=SPLITS,
+    trained_tasks: dict | None = None,
 ) -> PreparedData:
     """
-    Read every data set the tasks name, check it, build the label lists and encode it.
+    Read every data set the tasks name, check it, resolve each task (labels, class weights, target scale) and
+    encode it.
 
-    Tasks that name the same data set are joint (one row carries all their labels); rows of a data set carry -100
-    for the tasks of other data sets. Several train splits are mixed with `task_sampling`; validation and test
-    splits are concatenated. Every bad input raises one `ConfigError` / `DataError` before anything is encoded.
+    Tasks that name the same data set are joint (one row carries all their labels); rows of a data set carry "no
+    label" for the tasks of other data sets. Several train splits are mixed with `task_sampling`; validation and
+    test splits are concatenated. `trained_tasks`: name -> task dict of the trained model a run continues from; a
+    task of that name reuses its head (and label list) unless it sets `reinit_head`. A task's labels come, in this
+    order, from its `labels` key, the reused head, the column's `ClassLabel` names, or the train split (sorted; `O`
+    first for tags). Every bad input raises one `ConfigError` / `DataError` before anything is encoded.
     """
     check_dataset_specs(datasets)
-    specs = parse_task_specs(tasks, datasets)
-    wheres = {spec.name: f"tasks[{index}]" for index, spec in enumerate(specs)}
+    tasks = parse_tasks(tasks, datasets)
+    wheres = {task.name: f"tasks[{index}]" for index, task in enumerate(tasks)}
     check_run_arguments(max_seq_length, validation_split_percentage, splits)
     sampling_probabilities({"check": 1}, task_sampling, sampling_temperature)  # a bad strategy fails before any read
     check_fast_tokenizer(tokenizer)
-    groups = group_joint_tasks(specs, wheres)
-
-    summary = []
-    normalized = {
-        name: read_and_normalize(
-            name,
-            datasets[name],
-            group,
-            wheres,
-            splits,
-            summary,
-            base_dir=base_dir,
-            validation_split_percentage=validation_split_percentage,
-            seed=seed,
-            num_proc=num_proc,
-        )
-        for name, group in groups.items()
+    trained_heads = {
+        task.name: reused_head(task, (trained_tasks or {})[task.name], wheres[task.name])
+        for task in tasks
+        if task.name in (trained_tasks or {}) and not task.reinit_head
     }
+    tasks = [task.resolve(None, trained_heads.get(task.name)) if task.name in trained_heads else task for task in tasks]
+    groups = group_joint_tasks(tasks, wheres)
 
-    for spec in specs:
-        if spec.labels is None:
-            spec.labels = build_label_list(normalized[spec.dataset]["train"][f"{spec.name}_gold"], spec.is_token_task)
-            if len(spec.labels) < 2:
-                raise DataError(
-                    f"{wheres[spec.name]}: the train split of data set {spec.dataset!r} has "
-                    f"{len(spec.labels)} distinct label(s) {spec.labels} in column {spec.target_column!r}; "
-                    "a head needs at least 2"
-                )
-        if isinstance(spec.class_weights, list) and len(spec.class_weights) != len(spec.labels):
-            raise ConfigError(
-                f"{wheres[spec.name]}.class_weights: {len(spec.class_weights)} weights for {len(spec.labels)} labels"
-            )
-        summary.append(f"task {spec.name} ({spec.type}, data set {spec.dataset}): {len(spec.labels)} labels")
-    label2id = {spec.name: {label: index for index, label in enumerate(spec.labels)} for spec in specs}
+    summary, normalized = [], {}
+    for name, group in groups.items():
+        normalized[name], groups[name] = read_and_normalize(
+            name, datasets[name], group, wheres, splits, summary, base_dir=base_dir,
+            validation_split_percentage=validation_split_percentage, seed=seed, num_proc=num_proc,
+        )
 
+    resolved = {}
+    for group in groups.values():
+        for task in group:
+            train = normalized[task.dataset].get("train")
+            task = task.resolve(train[f"{task.name}_gold"] if train is not None else None, trained_heads.get(task.name))
+            error = task.label_count_error(wheres[task.name], task.dataset)
+            if error is not None:
+                raise error
+            resolved[task.name] = task
+    tasks = [resolved[task.name] for task in tasks]
+    groups = {name: [resolved[task.name] for task in group] for name, group in groups.items()}
+
+    with_pair_words = any(task.input_columns[2] is not None for task in tasks)
     encoded = {}
     for name, by_split in normalized.items():
-        report_unknown_labels(name, by_split, groups[name], label2id, summary)
+        report_unknown_labels(name, by_split, groups[name], summary)
         encoded[name] = {}
         for split, rows in by_split.items():
             if split not in splits:
@@ -106,20 +106,27 @@ def prepare_datasets(
             encoded[name][split] = encode_split(
                 rows,
                 tokenizer,
-                specs,
-                label2id,
+                tasks,
                 max_seq_length=max_seq_length,
                 label_all_tokens=label_all_tokens,
                 with_eval_columns=split != "train",
+                with_pair_words=with_pair_words,
                 num_proc=num_proc,
                 desc=f"Tokenizing {name} {split}",
             )
             encoded[name][split] = report_truncation(f"{name} {split}", encoded[name][split], max_seq_length, summary)
 
     train_sets = {name: by_split["train"] for name, by_split in encoded.items() if "train" in by_split}
-    class_counts = {
-        spec.name: count_classes(train_sets[spec.dataset], spec) for spec in specs if spec.dataset in train_sets
-    }
+    tasks = [
+        task.resolve_weights(
+            train_sets[task.dataset][f"{task.name}_labels"] if task.dataset in train_sets else None,
+            trained_heads.get(task.name),
+        )
+        for task in tasks
+    ]
+    for task in tasks:
+        size = "a number" if task.labels is None else f"{len(task.labels)} labels"
+        summary.append(f"task {task.name} ({task.kind}, data set {task.dataset}): {size}")
     probabilities = (
         sampling_probabilities(
             {name: len(rows) for name, rows in train_sets.items()}, task_sampling, sampling_temperature
@@ -142,15 +149,29 @@ def prepare_datasets(
         return concatenate_datasets(parts) if parts else None
 
     return PreparedData(
-        tasks=specs,
-        label_lists={spec.name: list(spec.labels) for spec in specs},
+        tasks=tasks,
         train=train,
         validation=concatenated("validation"),
         test=concatenated("test"),
         sampling_probabilities=probabilities,
         summary=summary,
-        class_counts=class_counts,
     )
+
+
+def reused_head(task: Task, trained: dict, where: str) -> dict:
+    """The trained head a task continues: same kind, and the same label list (and order) when it names one."""
+    trained_task = parse_task(trained, f"the trained model's task {task.name!r}", require_dataset=False)
+    if trained_task.kind != task.kind:
+        raise ConfigError(
+            f"{where}.type: the trained head {task.name!r} is a {trained_task.kind} head, not {task.kind}; "
+            'set "reinit_head": true to train a new head'
+        )
+    if task.labels is not None and trained_task.labels is not None and tuple(task.labels) != tuple(trained_task.labels):
+        raise ConfigError(
+            f"{where}.labels: differ from the trained head {task.name!r} ({list(trained_task.labels)}); "
+            'set "reinit_head": true to train a new head'
+        )
+    return trained
 
 
 def check_run_arguments(max_seq_length, validation_split_percentage, splits):
@@ -165,20 +186,28 @@ def check_run_arguments(max_seq_length, validation_split_percentage, splits):
         raise ConfigError(f"splits: {list(splits)!r} must name some of {', '.join(SPLITS)}")
 
 
-def group_joint_tasks(specs: list[TaskSpec], wheres: dict) -> dict[str, list[TaskSpec]]:
-    """Data set name -> its tasks; the joint tasks of one data set must read the same input column."""
+def group_joint_tasks(tasks: list, wheres: dict) -> dict:
+    """Data set name -> its tasks; the joint tasks of one data set must read the same input columns."""
     groups = {}
-    for spec in specs:
-        group = groups.setdefault(spec.dataset, [])
-        if group and spec.input_column != group[0].input_column:
-            key = "text_column" if spec.input_column[0] == "text" else "tokens_column"
+    for task in tasks:
+        group = groups.setdefault(task.dataset, [])
+        if group and task.input_columns != group[0].input_columns:
+            kind, column, pair = task.input_columns
+            other_kind, other_column, other_pair = group[0].input_columns
+            key = "text_column" if kind == "text" else "tokens_column"
+            if (kind, column) == (other_kind, other_column):
+                key = "text_pair_column" if kind == "text" else "tokens_pair_column"
             raise ConfigError(
-                f"{wheres[spec.name]}.{key}: task {spec.name!r} reads {spec.input_column[0]} from column "
-                f"{spec.input_column[1]!r} but task {group[0].name!r} on the same data set {spec.dataset!r} reads "
-                f"{group[0].input_column[0]} from {group[0].input_column[1]!r}; joint tasks share one input"
+                f"{wheres[task.name]}.{key}: task {task.name!r} reads {describe_input(kind, column, pair)} but task "
+                f"{group[0].name!r} on the same data set {task.dataset!r} reads "
+                f"{describe_input(other_kind, other_column, other_pair)}; joint tasks share one input"
             )
-        group.append(spec)
+        group.append(task)
     return groups
+
+
+def describe_input(kind, column, pair) -> str:
+    return f"{kind} from column {column!r}" + (f" paired with {pair!r}" if pair is not None else "")
 
 
 def read_and_normalize(
@@ -186,13 +215,14 @@ def read_and_normalize(
 ):
     """Read one data set, keep the splits the run needs as `words`/`text` + `<task>_gold`, carve a validation split."""
     raw = load_raw_dataset(name, spec, base_dir=base_dir)
-    for task in group:
+    for index, task in enumerate(group):
         # A ClassLabel column brings its own label list (and ids), as Hub data sets do.
         for rows in raw.values():
-            if task.labels is None and task.target_column in rows.features:
-                task.labels = class_label_names(rows.features[task.target_column])
+            names = class_label_names(rows.features[task.target_column]) if task.target_column in rows.features else None
+            if task.labels is None and names is not None and task.kind != "regression":
+                task = group[index] = dataclasses.replace(task, labels=tuple(names))
     carve = "validation" in splits and "validation" not in raw and validation_split_percentage > 0
-    needs_train = "train" in splits or carve or any(task.labels is None for task in group)
+    needs_train = "train" in splits or carve or any(task.labels is None and task.kind != "regression" for task in group)
     where = spec.get("path") or spec.get("data_files")
     if needs_train and ("train" not in raw or len(raw["train"]) == 0):
         found = ", ".join(f"{split} {len(rows):,}" for split, rows in raw.items()) or "nothing"
@@ -232,18 +262,18 @@ def read_and_normalize(
         f"data set {name} ({where}; tasks {', '.join(task.name for task in group)}): "
         + ", ".join(f"{split} {sizes[split]}" for split in SPLITS if split in sizes)
     )
-    return by_split
+    return by_split, group
 
 
 def has_words(values) -> list[bool]:
     return [bool(value.split() if isinstance(value, str) else value) for value in values]
 
 
-def report_unknown_labels(name, by_split, tasks, label2id, summary):
-    """Gold labels outside a task's label list get -100 in the loss but stay in `<task>_gold` for the metrics."""
+def report_unknown_labels(name, by_split, tasks, summary):
+    """Gold labels outside a task's label list get no label in the loss but stay in `<task>_gold` for the metrics."""
     for split, rows in by_split.items():
         for task in tasks:
-            unknown = count_unknown_labels(rows[f"{task.name}_gold"], label2id[task.name], task.is_token_task)
+            unknown = task.unknown_labels(rows[f"{task.name}_gold"])
             if unknown:
                 counts = ", ".join(f"{label} ({count:,})" for label, count in unknown.most_common())
                 if split == "train":  # only possible with an explicit (or reused) label list
@@ -269,14 +299,3 @@ def report_truncation(where, rows, max_seq_length, summary):
         logger.warning(line)
         summary.append(line)
     return rows.remove_columns(["truncated", "words_lost"])
-
-
-def count_classes(rows, spec: TaskSpec) -> list[int]:
-    """Train label ids as the loss sees them (per labelled subtoken for token tasks)."""
-    column = rows[f"{spec.name}_labels"]
-    ids = (
-        np.concatenate([np.asarray(labels, dtype=np.int64) for labels in column])
-        if spec.is_token_task
-        else np.asarray(column, dtype=np.int64)
-    )
-    return np.bincount(ids[ids >= 0], minlength=len(spec.labels)).tolist()

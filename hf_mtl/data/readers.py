@@ -12,7 +12,7 @@ import datasets
 
 from ..errors import ConfigError, DataError
 from .specs import check_dataset_spec
-from .tags import bad_tag_message, is_bio_tag
+from ..tasks import bad_tag_message, is_bio_tag
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,10 @@ SPLIT_ALIASES = {
     "validation": "validation",
     "test": "test",
 }
-BUILDER_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+BUILDER_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+# Options of the `csv` builder per delimited format: tab-separated files are read without quote handling (a quote
+# is text, as in MRPC and STS), and a UTF-8 byte order mark never becomes part of the first column name.
+DELIMITED = {"csv": {"encoding": "utf-8-sig"}, "tsv": {"sep": "\t", "quoting": 3, "encoding": "utf-8-sig"}}
 JOINTBERT_FILES = ("seq.in", "seq.out", "label")
 WORDS_TAGS = datasets.Features(
     {"tokens": datasets.List(datasets.Value("string")), "tags": datasets.List(datasets.Value("string"))}
@@ -241,16 +244,17 @@ def read_conll(paths: dict[str, list[Path]]) -> datasets.DatasetDict:
 
 
 def read_with_builder(name: str, fmt: str, paths: dict[str, list[Path]], column_names=None) -> datasets.DatasetDict:
-    """JSON (Lines), CSV or Parquet files through the datasets builder of that name."""
+    """JSON (Lines), CSV, TSV or Parquet files through the datasets builder of that name (TSV: `csv`)."""
     if fmt != "parquet":
         for split, files in paths.items():
             # The builders fail on an empty split with a message that names no file.
             if not sum(1 for path in files for line in iter_text_lines(path) if line.strip()):
                 raise DataError(f"data set {name!r}: split {split!r} is empty: {', '.join(map(str, files))}")
     kwargs = {"column_names": column_names} if column_names else {}
+    kwargs.update(DELIMITED.get(fmt, {}))
     data_files = {split: [str(path) for path in files] for split, files in paths.items()}
     try:
-        loaded = datasets.load_dataset(fmt, data_files=data_files, **kwargs)
+        loaded = datasets.load_dataset("csv" if fmt in DELIMITED else fmt, data_files=data_files, **kwargs)
     except Exception as err:
         cause = err.__cause__ or err
         raise DataError(f"data set {name!r}: cannot read {data_files} as {fmt}: {cause}") from err
