@@ -106,11 +106,13 @@ def read_snips(split: str, limit=None) -> list:
 
 def snips_labels() -> tuple:
     """Intent and slot label lists as hf_mtl builds them from the train split (sorted; `O` first)."""
-    from hf_mtl.data.tags import build_label_list
+    from hf_mtl.tasks import SingleLabelClassificationTask, TokenClassificationTask
 
     train = read_snips("train")
-    return (build_label_list([row["intent"] for row in train], False),
-            build_label_list([row["tags"] for row in train], True))
+    intent = SingleLabelClassificationTask(name="intent", type="sequence_classification")
+    slots = TokenClassificationTask(name="slots", type="token_classification")
+    return (list(intent.label_list_from([row["intent"] for row in train])),
+            list(slots.label_list_from([row["tags"] for row in train])))
 
 
 def repeated(rows: list, count: int) -> list:
@@ -420,6 +422,7 @@ def run_training(job: dict) -> dict:
     import torch
 
     from hf_mtl.data.collator import MultiTaskCollator
+    from hf_mtl.tasks import tasks_of_config
 
     torch.manual_seed(0)
     if job["method"] == "hf_mtl_joint":
@@ -435,7 +438,7 @@ def run_training(job: dict) -> dict:
     # Batches spread evenly over the epoch: a mega-batch starts with its longest batches.
     stride = max(len(epoch) // (warmup + steps), 1)
     chosen = [epoch[(i * stride) % len(epoch)] for i in range(warmup + steps)]
-    collate = MultiTaskCollator(tokenizer)
+    collate = MultiTaskCollator(tokenizer, tasks_of_config(snips_tasks(*snips_labels())))
     batches = [collate([rows[i] for i in batch]) for batch in chosen]
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
     shapes = {name: model_shape(m) for name, m in models.items()}
