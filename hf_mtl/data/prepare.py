@@ -10,7 +10,7 @@ from datasets import Dataset, concatenate_datasets
 from ..errors import ConfigError, DataError
 from .preprocessing import check_fast_tokenizer, class_label_names, encode_split, normalize_split
 from .readers import json_lines_location, load_raw_dataset
-from .sampling import mix_datasets, sampling_probabilities
+from .sampling import TrainMixture, sampling_probabilities
 from .specs import TaskSpec, check_dataset_specs, parse_task_specs
 from .tags import build_label_list, count_unknown_labels
 
@@ -21,7 +21,11 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class PreparedData:
-    """What a run trains and evaluates on; `summary` is meant for the run log."""
+    """
+    What a run trains and evaluates on; `summary` is meant for the run log. `train` is the one data set's train
+    split or, when several are mixed, their concatenation, from which `train_mixture` draws every epoch's rows
+    (`MultiTaskTrainer(train_mixture=...)` samples them).
+    """
 
     tasks: list[TaskSpec]
     label_lists: dict[str, list[str]]
@@ -31,6 +35,7 @@ class PreparedData:
     sampling_probabilities: dict[str, float]
     summary: list[str] = field(default_factory=list)
     class_counts: dict[str, list[int]] = field(default_factory=dict)
+    train_mixture: TrainMixture | None = None
 
 
 def prepare_datasets(
@@ -52,8 +57,8 @@ def prepare_datasets(
     Read every data set the tasks name, check it, build the label lists and encode it.
 
     Tasks that name the same data set are joint (one row carries all their labels); rows of a data set carry -100
-    for the tasks of other data sets. Several train splits are mixed with `task_sampling`; validation and test
-    splits are concatenated. Every bad input raises one `ConfigError` / `DataError` before anything is encoded.
+    for the tasks of other data sets. Several train splits are mixed with `task_sampling` (re-drawn every epoch, see
+    `TrainMixture`); validation and test splits are concatenated. Every bad input raises one `ConfigError` / `DataError` before anything is encoded.
     """
     check_dataset_specs(datasets)
     specs = parse_task_specs(tasks, datasets)
@@ -127,14 +132,18 @@ def prepare_datasets(
         if train_sets
         else {}
     )
-    train = None
+    train, train_mixture = None, None
     if len(train_sets) == 1:
         train = next(iter(train_sets.values()))
     elif train_sets:
-        train = mix_datasets(list(train_sets.values()), list(probabilities.values()), seed)
+        train = concatenate_datasets(list(train_sets.values()))
+        train_mixture = TrainMixture(
+            sizes=tuple(len(rows) for rows in train_sets.values()), probabilities=tuple(probabilities.values()), seed=seed
+        )
         shares = ", ".join(f"{name} {share:.1%}" for name, share in probabilities.items())
         summary.append(
-            f"train: {len(train_sets)} data sets mixed ({task_sampling}): {shares} of {len(train):,} rows per epoch"
+            f"train: {len(train_sets)} data sets mixed ({task_sampling}): {shares} of "
+            f"{train_mixture.rows_per_epoch:,} rows per epoch, re-drawn every epoch"
         )
 
     def concatenated(split):
@@ -150,6 +159,7 @@ def prepare_datasets(
         sampling_probabilities=probabilities,
         summary=summary,
         class_counts=class_counts,
+        train_mixture=train_mixture,
     )
 
 
