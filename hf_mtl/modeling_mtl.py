@@ -253,9 +253,9 @@ class LinearChainCRF(nn.Module):
     `compact_word_positions`), in plain torch.
 
     Parameters: `start_transitions [T]`, `end_transitions [T]` and `transitions [T, T]` (from-tag x to-tag), all
-    initialised to zeros: the untrained CRF then scores a path by its emissions alone, exactly like a softmax head,
-    and building one draws no random numbers (the other heads' initialisation does not change). Emissions break the
-    symmetry, so zeros train like any other start.
+    initialised to zeros: the untrained CRF then scores a path by its emissions alone (without constraints exactly
+    like a softmax head, its NLL the sum of the words' cross-entropies), and building one draws no random numbers
+    (the other heads' initialisation does not change). Emissions break the symmetry, so zeros train like any start.
 
     `allowed_transitions [T, T]` / `allowed_starts [T]` (e.g. from `bio_constraints`) are kept as non-persistent
     buffers (never saved: rebuilt from the label list at every load) and applied as a score of `DISALLOWED_SCORE`.
@@ -326,7 +326,8 @@ class LinearChainCRF(nn.Module):
         self.allowed_starts.copy_(starts)
 
     def extra_repr(self):
-        return f"num_tags={self.num_tags}, constrained={self._allowed_transitions is not None or self._allowed_starts is not None}"
+        constrained = self._allowed_transitions is not None or self._allowed_starts is not None
+        return f"num_tags={self.num_tags}, constrained={constrained}"
 
     # -- scores in float32 --------------------------------------------------------------------------------------
 

@@ -221,9 +221,9 @@ class MultiTaskTrainer(Trainer):
                 input_name = self.processing_class.model_input_names[0] if self.processing_class is not None else "input_ids"
                 lengths = [len(ids) for ids in train_dataset[input_name]]
         # 'random' and 'sequential' both walk the epoch's draw, which is already in a seeded random order.
-        sampler = MixtureSampler(
-            self.train_mixture, lengths=lengths, group_batch_size=self.args.train_batch_size * self.args.gradient_accumulation_steps
-        )
+        # The batch size transformers' LengthGroupedSampler groups by (per device, times accumulation).
+        group_batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        sampler = MixtureSampler(self.train_mixture, lengths=lengths, group_batch_size=group_batch_size)
         self._mixture_epochs.sampler = sampler
         return sampler
 

@@ -60,6 +60,13 @@ def tags_tensor(paths, length):
     return torch.tensor([list(path) + [-100] * (length - len(path)) for path in paths], dtype=torch.long)
 
 
+def likelihood_of_paths(crf, emissions, mask, row, paths):
+    """log p(path) of each path for one row: the row repeated, one path per copy."""
+    copies = len(paths)
+    return crf.log_likelihood(emissions[row : row + 1].expand(copies, -1, -1), tags_tensor(paths, emissions.shape[1]),
+                              mask[row : row + 1].expand(copies, -1))
+
+
 @pytest.mark.parametrize("num_tags", [3, 4])
 def test_log_partition_and_every_path_likelihood_match_brute_force(num_tags):
     crf = random_crf(num_tags)
@@ -75,11 +82,7 @@ def test_log_partition_and_every_path_likelihood_match_brute_force(num_tags):
         expected_partition = logsumexp([score for score, _ in paths.values()])
         assert partition[row].item() == pytest.approx(expected_partition, abs=1e-4)
 
-        # every path of this row at once: the same emissions repeated, one path per copy
-        rows = len(paths)
-        likelihood = crf.log_likelihood(
-            emissions[row : row + 1].expand(rows, -1, -1), tags_tensor(paths, emissions.shape[1]), mask[row : row + 1].expand(rows, -1)
-        )
+        likelihood = likelihood_of_paths(crf, emissions, mask, row, list(paths))
         expected = torch.tensor([score - expected_partition for score, _ in paths.values()], dtype=torch.float32)
         torch.testing.assert_close(likelihood, expected, atol=1e-4, rtol=0)
         assert likelihood.double().exp().sum().item() == pytest.approx(1.0, abs=1e-5)
@@ -128,7 +131,8 @@ def test_bio_constrained_crf_never_gives_a_disallowed_path_any_probability():
 
     unconstrained = random_crf(4, seed=4)
     free_tags, _ = unconstrained.viterbi_decode(emissions, mask)
-    assert free_tags[[0, 2, 3], 0].tolist() == [2, 2, 2]  # so the constraints, not the emissions, keep I-X out of the start below
+    # so below the constraints, not the emissions, keep I-X out of the start
+    assert free_tags[[0, 2, 3], 0].tolist() == [2, 2, 2]
 
     tags, scores = crf.viterbi_decode(emissions, mask)
     partition = crf.log_partition(emissions, mask)
@@ -144,12 +148,9 @@ def test_bio_constrained_crf_never_gives_a_disallowed_path_any_probability():
         assert tuple(tags[row, :length].tolist()) == best
         assert scores[row].item() == pytest.approx(allowed[best], abs=1e-4)
 
-        rows = len(disallowed)
-        likelihood = crf.log_likelihood(
-            emissions[row : row + 1].expand(rows, -1, -1), tags_tensor(disallowed, emissions.shape[1]), mask[row : row + 1].expand(rows, -1)
-        )
+        likelihood = likelihood_of_paths(crf, emissions, mask, row, disallowed)
         assert torch.isfinite(likelihood).all()  # a finite penalty: a bad gold path costs a large loss, not NaN
-        assert torch.equal(likelihood.exp(), torch.zeros(rows))
+        assert torch.equal(likelihood.exp(), torch.zeros(len(disallowed)))
 
 
 def test_sgd_on_the_negative_log_likelihood_raises_the_gold_path_probability():
@@ -284,7 +285,8 @@ def test_crf_over_compacted_words_ignores_continuation_subtokens_and_padding():
 
     # the same words in a single-row batch (no padding at all) score the same
     alone, alone_mask = compact_word_positions(word_starts[:1, :5])
-    single = crf.log_likelihood(gather_word_positions(emissions[:1, :5], alone), gather_word_positions(TOKEN_LABELS[:1, :5], alone), alone_mask)
+    single = crf.log_likelihood(gather_word_positions(emissions[:1, :5], alone),
+                                gather_word_positions(TOKEN_LABELS[:1, :5], alone), alone_mask)
     torch.testing.assert_close(single, results[0][0][:1])
 
 

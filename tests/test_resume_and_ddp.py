@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -92,9 +93,7 @@ def resume_config(encoder, data, output, variant):
 
 
 def launch(variant, args, env_extra=None):
-    if variant.endswith("_ddp"):
-        return torchrun(args, env_extra)
-    return run([sys.executable, *args], env_extra)
+    return torchrun(args, env_extra) if variant.endswith("_ddp") else run([sys.executable, *args], env_extra)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +114,7 @@ def uninterrupted(setup):
 
 
 @pytest.mark.parametrize("kill_step, damage_newest, variant", [
-    (2, False, "single"), (4, True, "single"), (10, False, "uneven"), (10, False, "uneven_ddp"),
+    (2, False, "single"), (4, True, "single"), (10, False, "uneven"),
 ])
 def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_step, damage_newest, variant):
     root, encoder, data = setup
@@ -124,7 +123,7 @@ def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_
     config_path = write_config(root, f"killed_{kill_step}_{variant}", resume_config(encoder, data, output, variant))
 
     killed = launch(variant, [str(root / "harness.py"), config_path], {"KILL_AT_STEP": str(kill_step)})
-    assert killed.returncode == (1 if variant.endswith("_ddp") else -9), killed.stderr[-3000:]
+    assert killed.returncode == -9, killed.stderr[-3000:]
     assert (output / f"checkpoint-{kill_step}" / "trainer_state.json").is_file()
     assert not (output / "model.safetensors").exists()
     if damage_newest:  # as if killed while writing it
@@ -139,6 +138,23 @@ def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_
     final = weights(output)
     assert final.keys() == uninterrupted.keys()
     for name, tensor in uninterrupted.items():
+        assert torch.equal(tensor, final[name]), name
+
+
+def test_ddp_run_resumed_in_the_third_epoch_ends_at_bit_identical_weights(setup, uninterrupted):
+    """Two ranks resumed from the uninterrupted run's checkpoint-10 (mid-epoch 2: the same checkpoint a run killed
+    there leaves; the kill itself is tested above) must draw epoch 2's mixture again, not epoch 0's."""
+    root, encoder, data = setup
+    reference, reference_output = uninterrupted("uneven_ddp")
+    output = root / "resumed_uneven_ddp"
+    shutil.copytree(reference_output / "checkpoint-10", output / "checkpoint-10")
+    config_path = write_config(root, "resumed_uneven_ddp", resume_config(encoder, data, output, "uneven_ddp"))
+    resumed = torchrun(["run_mtl.py", config_path, "--resume_from_checkpoint", "true"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (output / "checkpoint-5").exists()  # it did resume: a run from the start would have saved step 5
+    final = weights(output)
+    assert final.keys() == reference.keys()
+    for name, tensor in reference.items():
         assert torch.equal(tensor, final[name]), name
 
 
