@@ -296,7 +296,14 @@ def main(argv=None):
         )
     tasks = data.tasks
     train_dataset, eval_dataset, test_dataset = data.train, data.validation, data.test
-    if data_args.max_train_samples is not None and train_dataset is not None:
+    train_mixture = data.train_mixture
+    if data_args.max_train_samples is not None and train_mixture is not None:
+        # A mixture keeps every row it draws from; fewer rows per epoch, with the same shares.
+        train_mixture = dataclasses.replace(
+            train_mixture, rows_per_epoch=min(data_args.max_train_samples, train_mixture.rows_per_epoch)
+        )
+        data.summary.append(f"train: max_train_samples: {train_mixture.rows_per_epoch:,} rows per epoch")
+    elif data_args.max_train_samples is not None and train_dataset is not None:
         train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
     if data_args.max_eval_samples is not None:
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset)))) if eval_dataset else None
@@ -347,6 +354,7 @@ def main(argv=None):
         compute_metrics=build_compute_metrics(tasks, eval_dataset) if eval_dataset is not None else None,
         preprocess_logits_for_metrics=build_preprocess_logits_for_metrics(tasks),
         callbacks=callbacks,
+        train_mixture=train_mixture,
         optimizer_groups_kwargs=dict(
             encoder_learning_rate=model_args.encoder_learning_rate,
             head_learning_rate=model_args.head_learning_rate,
@@ -359,7 +367,7 @@ def main(argv=None):
         checkpoint = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
+        metrics["train_samples"] = train_mixture.rows_per_epoch if train_mixture is not None else len(train_dataset)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()

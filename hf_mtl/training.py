@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
+from .data.sampling import MixtureSampler
 from .errors import ConfigError
 from .pipeline_mtl import cpu_has_native_bf16
 
@@ -159,13 +160,66 @@ class GradualUnfreezingCallback(TrainerCallback):
                 group["lr"] = 0.0
 
 
-class MultiTaskTrainer(Trainer):
-    """Trainer with per-depth learning-rate groups and per-task training losses logged beside the total."""
+class MixtureEpochCallback(TrainerCallback):
+    """
+    Sets the mixture sampler's epoch at the start of every epoch. Trainer calls `set_epoch` on the dataloader too,
+    but after a multi-process run resumes mid-epoch accelerate wraps the sampler in BatchSamplerShard inside
+    SkipBatchSampler, where that call no longer reaches it: the resumed epoch would replay epoch 0's draw.
+    `state.epoch` is `epoch + fraction done` (restored from the checkpoint when resuming), so its integer part is
+    the epoch Trainer is in.
+    """
 
-    def __init__(self, *args, optimizer_groups_kwargs=None, **kwargs):
+    def __init__(self):
+        self.sampler = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.sampler is not None:
+            self.sampler.set_epoch(int(state.epoch or 0))
+
+
+class MultiTaskTrainer(Trainer):
+    """
+    Trainer with per-depth learning-rate groups and per-task training losses logged beside the total. Given a
+    `train_mixture` (several data sets' train splits concatenated as `train_dataset`), every epoch trains on that
+    epoch's draw of the mixture (`MixtureSampler`) instead of a shuffle of the whole concatenation.
+    """
+
+    def __init__(self, *args, optimizer_groups_kwargs=None, train_mixture=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.optimizer_groups_kwargs = optimizer_groups_kwargs or {}
+        self.train_mixture = train_mixture
+        self._mixture_epochs = MixtureEpochCallback()
+        if train_mixture is not None:
+            self.add_callback(self._mixture_epochs)
         self._task_loss_sums = {}  # task -> (sum of its batch losses, number of batches with its labels)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.train_mixture is None:
+            return super()._get_train_sampler(train_dataset)
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if len(train_dataset) != sum(self.train_mixture.sizes):
+            raise ValueError(
+                f"train_mixture: it mixes {sum(self.train_mixture.sizes):,} concatenated rows but the train data set "
+                f"has {len(train_dataset):,}"
+            )
+        strategy = self.args.train_sampling_strategy
+        if strategy == "batch_rebalance":
+            raise ConfigError("train_sampling_strategy: 'batch_rebalance' cannot sample a mixture of data sets; "
+                              "use 'random' or 'group_by_length'")
+        lengths = None
+        if strategy == "group_by_length":
+            column = self.args.length_column_name
+            if column in train_dataset.column_names:
+                lengths = train_dataset[column]
+            else:
+                input_name = self.processing_class.model_input_names[0] if self.processing_class is not None else "input_ids"
+                lengths = [len(ids) for ids in train_dataset[input_name]]
+        # 'random' and 'sequential' both walk the epoch's draw, which is already in a seeded random order.
+        # The batch size transformers' LengthGroupedSampler groups by (per device, times accumulation).
+        group_batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        sampler = MixtureSampler(self.train_mixture, lengths=lengths, group_batch_size=group_batch_size)
+        self._mixture_epochs.sampler = sampler
+        return sampler
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -250,6 +304,7 @@ def last_complete_checkpoint(output_dir: str):
 
 __all__ = [
     "GradualUnfreezingCallback",
+    "MixtureEpochCallback",
     "MultiTaskTrainer",
     "apply_freezing",
     "encoder_layers",

@@ -3,13 +3,14 @@
 from .collator import MultiTaskCollator
 from .prepare import PreparedData, prepare_datasets
 from .readers import load_raw_dataset
-from .sampling import mix_datasets, sampling_probabilities
+from .sampling import MixtureSampler, TrainMixture, sampling_probabilities
 
 __all__ = [
+    "MixtureSampler",
     "MultiTaskCollator",
     "PreparedData",
+    "TrainMixture",
     "load_raw_dataset",
-    "mix_datasets",
     "prepare_datasets",
     "sampling_probabilities",
 ]

@@ -11,7 +11,7 @@ from ..errors import ConfigError, DataError
 from ..tasks import Task, parse_task
 from .preprocessing import check_fast_tokenizer, class_label_names, encode_split, normalize_split
 from .readers import json_lines_location, load_raw_dataset
-from .sampling import mix_datasets, sampling_probabilities
+from .sampling import TrainMixture, sampling_probabilities
 from .specs import check_dataset_specs, parse_tasks
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,11 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class PreparedData:
-    """What a run trains and evaluates on, with its tasks resolved; `summary` is meant for the run log."""
+    """
+    What a run trains and evaluates on, with its tasks resolved; `summary` is meant for the run log. `train` is the
+    one data set's train split or, when several are mixed, their concatenation, from which `train_mixture` draws
+    every epoch's rows (`MultiTaskTrainer(train_mixture=...)` samples them).
+    """
 
     tasks: list[Task]
     train: Dataset | None
@@ -29,6 +33,7 @@ class PreparedData:
     test: Dataset | None
     sampling_probabilities: dict[str, float]
     summary: list[str] = field(default_factory=list)
+    train_mixture: TrainMixture | None = None
 
     @property
     def label_lists(self) -> dict:
@@ -56,11 +61,12 @@ def prepare_datasets(
     encode it.
 
     Tasks that name the same data set are joint (one row carries all their labels); rows of a data set carry "no
-    label" for the tasks of other data sets. Several train splits are mixed with `task_sampling`; validation and
-    test splits are concatenated. `trained_tasks`: name -> task dict of the trained model a run continues from; a
-    task of that name reuses its head (and label list) unless it sets `reinit_head`. A task's labels come, in this
-    order, from its `labels` key, the reused head, the column's `ClassLabel` names, or the train split (sorted; `O`
-    first for tags). Every bad input raises one `ConfigError` / `DataError` before anything is encoded.
+    label" for the tasks of other data sets. Several train splits are mixed with `task_sampling` (re-drawn every
+    epoch, see `TrainMixture`); validation and test splits are concatenated. `trained_tasks`: name -> task dict of
+    the trained model a run continues from; a task of that name reuses its head (and label list) unless it sets
+    `reinit_head`. A task's labels come, in this order, from its `labels` key, the reused head, the column's
+    `ClassLabel` names, or the train split (sorted; `O` first for tags). Every bad input raises one `ConfigError` /
+    `DataError` before anything is encoded.
     """
     check_dataset_specs(datasets)
     tasks = parse_tasks(tasks, datasets)
@@ -134,14 +140,18 @@ def prepare_datasets(
         if train_sets
         else {}
     )
-    train = None
+    train, train_mixture = None, None
     if len(train_sets) == 1:
         train = next(iter(train_sets.values()))
     elif train_sets:
-        train = mix_datasets(list(train_sets.values()), list(probabilities.values()), seed)
+        train = concatenate_datasets(list(train_sets.values()))
+        train_mixture = TrainMixture(
+            sizes=tuple(len(rows) for rows in train_sets.values()), probabilities=tuple(probabilities.values()), seed=seed
+        )
         shares = ", ".join(f"{name} {share:.1%}" for name, share in probabilities.items())
         summary.append(
-            f"train: {len(train_sets)} data sets mixed ({task_sampling}): {shares} of {len(train):,} rows per epoch"
+            f"train: {len(train_sets)} data sets mixed ({task_sampling}): {shares} of "
+            f"{train_mixture.rows_per_epoch:,} rows per epoch, re-drawn every epoch"
         )
 
     def concatenated(split):
@@ -155,6 +165,7 @@ def prepare_datasets(
         test=concatenated("test"),
         sampling_probabilities=probabilities,
         summary=summary,
+        train_mixture=train_mixture,
     )
 
 
