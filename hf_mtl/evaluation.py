@@ -31,14 +31,21 @@ def load_metric(kind: str) -> evaluate.EvaluationModule:
 
 def build_preprocess_logits_for_metrics(tasks):
     """`preprocess_logits_for_metrics` for `Trainer`: task name -> what its kind keeps of the logits (argmax ids,
-    label probabilities, the predicted number), so evaluation never accumulates full logits."""
+    label probabilities, the predicted number; a CRF head's Viterbi tags from the model's `predictions`), so
+    evaluation never accumulates full logits."""
     by_name = {task.name: task for task in tasks}
 
-    def preprocess_logits_for_metrics(logits, labels):
-        if not isinstance(logits, Mapping):
-            # Trainer passes a tuple when the model returns more than one non-loss output; the logits dict comes first.
-            logits = next(output for output in logits if isinstance(output, Mapping))
-        return {name: by_name[name].reduce_logits(task_logits) for name, task_logits in logits.items()}
+    def preprocess_logits_for_metrics(outputs, labels):
+        logits, predictions = outputs, {}
+        if not isinstance(outputs, Mapping):
+            # Trainer passes a tuple when the model returns more than one non-loss output: logits, then predictions.
+            mappings = [output for output in outputs if isinstance(output, Mapping)]
+            logits, predictions = mappings[0], (mappings[1] if len(mappings) > 1 else {})
+        return {
+            name: predictions[name] if by_name[name].needs_word_starts and name in predictions
+            else by_name[name].reduce_logits(task_logits)
+            for name, task_logits in logits.items()
+        }
 
     return preprocess_logits_for_metrics
 

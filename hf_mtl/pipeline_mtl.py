@@ -302,7 +302,16 @@ class MultiTaskPipeline(Pipeline):
                 for chunk, values in zip(batch_chunks, logits[name].numpy()):
                     chunk.logits[name] = values
                 continue
-            scores, best = logits[name][rows, positions].softmax(dim=-1).max(dim=-1)
+            probabilities = logits[name][rows, positions].softmax(dim=-1)
+            if task.get("crf"):
+                # Viterbi over the words' first tokens; a word's score is its emission probability of that tag.
+                word_starts = torch.zeros(logits[name].shape[:2], dtype=torch.bool)
+                word_starts[rows, positions] = True
+                tags = self.model.heads[name].decode(logits[name], word_starts)
+                best = tags[rows, positions]
+                scores = probabilities.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+            else:
+                scores, best = probabilities.max(dim=-1)
             scores, best = scores.tolist(), best.tolist()
             start = 0
             for chunk in batch_chunks:

@@ -68,6 +68,11 @@ class Task:
         return self.metric_names[0]
 
     @property
+    def needs_word_starts(self) -> bool:
+        """Whether the head runs over word positions (`word_start_mask`) and decodes in the model (a CRF)."""
+        return False
+
+    @property
     def target_column(self) -> str:
         return self.label_column
 
@@ -642,6 +647,10 @@ class TokenClassificationTask(SingleLabelClassificationTask):
     bio_constraints: bool = True
 
     @property
+    def needs_word_starts(self) -> bool:
+        return self.crf
+
+    @property
     def target_column(self) -> str:
         return self.tags_column
 
@@ -730,10 +739,7 @@ class TokenClassificationTask(SingleLabelClassificationTask):
         return [IGNORE_INDEX] * length
 
     def collate_labels(self, values: list, sequence_length: int, padding_side: str) -> torch.Tensor:
-        padded = []
-        for labels in values:
-            padding = [IGNORE_INDEX] * (sequence_length - len(labels))
-            padded.append(padding + list(labels) if padding_side == "left" else list(labels) + padding)
+        padded = [pad_row(list(labels), sequence_length, IGNORE_INDEX, padding_side) for labels in values]
         return torch.tensor(padded, dtype=torch.long)
 
     def decode(self, prediction, row: dict):
@@ -777,6 +783,12 @@ TASK_CLASSES = {
     task_class.kind: task_class
     for task_class in (SingleLabelClassificationTask, MultiLabelClassificationTask, RegressionTask, TokenClassificationTask)
 }
+
+
+def pad_row(values: list, length: int, value, padding_side: str) -> list:
+    """`values` padded with `value` to `length` on the tokenizer's padding side."""
+    padding = [value] * (length - len(values))
+    return padding + values if padding_side == "left" else values + padding
 
 
 def bad_tag_message(tag) -> str:

@@ -210,9 +210,6 @@ def model_settings(model_args, previous_config) -> dict:
 
 def build_model(model_args, model_path, encoder_config, tasks, previous_config):
     """A new model on a pretrained encoder, or a trained hf_mtl model whose reused heads keep their weights."""
-    for index, task in enumerate(tasks):
-        if getattr(task, "crf", False):
-            raise ConfigError(f"tasks[{index}].crf: a CRF head is not available yet; remove the key")
     head_tasks = [task.head_config() for task in tasks]
     config_kwargs = model_settings(model_args, previous_config)
     try:

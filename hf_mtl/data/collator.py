@@ -6,13 +6,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 
+from ..tasks import pad_row
 from .preprocessing import MODEL_INPUTS
 
 
 @dataclass
 class MultiTaskCollator:
     """
-    Pads `input_ids`, `attention_mask` and `token_type_ids` to the longest row of the batch (or a multiple of
+    Pads `input_ids`, `attention_mask`, `token_type_ids` (and `word_start_mask`, with 0) to the longest row of the batch (or a multiple of
     `pad_to_multiple_of`), collates each task's `<task>_labels` as its kind says (token labels padded with -100 on
     the tokenizer's padding side, class ids stacked, multi-hot rows and regression targets as floats), and drops
     every other column (`length`, `word_ids`, `words`, `<task>_gold`).
@@ -28,6 +29,10 @@ class MultiTaskCollator:
             self.tokenizer, inputs, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
         )
         sequence_length = batch["input_ids"].shape[1]
+        if "word_start_mask" in features[0]:
+            batch["word_start_mask"] = torch.tensor(
+                [pad_row(list(feature["word_start_mask"]), sequence_length, 0, self.tokenizer.padding_side) for feature in features]
+            )
         for task in self.tasks:
             key = f"{task.name}_labels"
             if key not in features[0]:

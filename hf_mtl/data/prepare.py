@@ -117,6 +117,7 @@ def prepare_datasets(
                 label_all_tokens=label_all_tokens,
                 with_eval_columns=split != "train",
                 with_pair_words=with_pair_words,
+                with_word_starts=any(task.needs_word_starts for task in tasks),
                 num_proc=num_proc,
                 desc=f"Tokenizing {name} {split}",
             )

@@ -133,11 +133,13 @@ def normalize_split(dataset, tasks, wheres, *, dataset_name, split, tag_scheme="
     )
 
 
-def encoded_features(tokenizer, tasks, with_eval_columns: bool, has_pair: bool) -> datasets.Features:
+def encoded_features(tokenizer, tasks, with_eval_columns: bool, has_pair: bool, with_word_starts: bool) -> datasets.Features:
     ids = datasets.List(datasets.Value("int32"))
     features = {"input_ids": ids, "attention_mask": datasets.List(datasets.Value("int8"))}
     if "token_type_ids" in tokenizer("a"):
         features["token_type_ids"] = datasets.List(datasets.Value("int8"))
+    if with_word_starts:
+        features["word_start_mask"] = datasets.List(datasets.Value("int8"))
     for task in tasks:
         features[f"{task.name}_labels"] = task.label_feature
     features["length"] = datasets.Value("int32")
@@ -167,6 +169,15 @@ def whitespace_word_ids(text: str, offsets, word_ids) -> list:
     ]
 
 
+def word_start_mask(word_ids: list) -> list:
+    """1 at the first sub-token of every word, 0 elsewhere (the positions a CRF head runs over)."""
+    mask, previous = [], None
+    for word_id in word_ids:
+        mask.append(int(word_id is not None and word_id != previous))
+        previous = word_id
+    return mask
+
+
 def first_sequence_word_ids(encoded, row: int) -> list:
     """`word_ids` of row `row` with the second sequence of a pair (and special tokens) as None."""
     return [
@@ -191,13 +202,15 @@ def encode_split(
     label_all_tokens=False,
     with_eval_columns=False,
     with_pair_words=False,
+    with_word_starts=False,
     num_proc=None,
     desc=None,
 ):
     """Tokenise a normalized split (a pair as the tokenizer's pair input, truncated `longest_first`) and give it
     `<task>_labels` for every task of the run, the tasks of other data sets getting their "no label" value.
     `with_pair_words`: the evaluation columns include `words_pair` (empty where the split has no pairs), so that
-    the splits of a run that mixes pair and single-text data sets concatenate."""
+    the splits of a run that mixes pair and single-text data sets concatenate. `with_word_starts`: a
+    `word_start_mask` column (1 at each word's first sub-token) for the heads that run over words (CRF)."""
     input_kind = "words" if "words" in dataset.column_names else "text"
     first, second = input_names(input_kind)
     has_pair = second in dataset.column_names
@@ -226,6 +239,8 @@ def encode_split(
             encoded = tokenize(batch, batch["text"])
             offsets = encoded.pop("offset_mapping")
         output = {key: encoded[key] for key in MODEL_INPUTS if key in encoded}
+        if with_word_starts:
+            output["word_start_mask"] = []
         for task in run_tasks:
             output[f"{task.name}_labels"] = []
         output.update(length=[], truncated=[], words_lost=[], word_ids=[])
@@ -233,6 +248,8 @@ def encode_split(
             word_ids = first_sequence_word_ids(encoded, i)
             if input_kind == "text":
                 word_ids = whitespace_word_ids(batch["text"][i], offsets[i], word_ids)
+            if with_word_starts:
+                output["word_start_mask"].append(word_start_mask(word_ids))
             for task in run_tasks:
                 if task.name in own_tasks:
                     labels = task.encode_labels(batch[f"{task.name}_gold"][i], word_ids, label_all_tokens)
@@ -262,7 +279,7 @@ def encode_split(
         encode,
         batched=True,
         remove_columns=dataset.column_names,
-        features=encoded_features(tokenizer, run_tasks, with_eval_columns, with_pair_words),
+        features=encoded_features(tokenizer, run_tasks, with_eval_columns, with_pair_words, with_word_starts),
         num_proc=num_proc,
         desc=desc,
     )
