@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
+from kinds_fixtures import pair_example
 from train_fixtures import PEOPLE, PLACES, TOPICS, joint_example, save_tiny_encoder
 
 from hf_mtl.train import main
@@ -30,10 +31,22 @@ def offline(tmp_path_factory, tokenizer):
             for _ in range(size):
                 text = f"{' '.join(rng.choice(PEOPLE))} visited {' '.join(rng.choice(PLACES))} for {rng.choice(TOPICS)}"
                 handle.write(json.dumps({"text": text, "label": TOPICS.index(rng.choice(TOPICS))}) + "\n")
+        # the Hub's nyu-mll/glue mrpc and stsb, google-research-datasets/go_emotions columns (ids without names)
+        for name, make in (
+            ("mrpc", lambda pair: {"sentence1": pair["sentence1"], "sentence2": pair["sentence2"],
+                                   "label": int(pair["paraphrase"] == "yes")}),
+            ("stsb", lambda pair: {"sentence1": pair["sentence1"], "sentence2": pair["sentence2"],
+                                   "label": pair["similarity"]}),
+            ("emotions", lambda pair: {"text": pair["sentence1"], "labels": [rng.randrange(4)] * rng.choice([1, 2])}),
+        ):
+            (root / name).mkdir(exist_ok=True)
+            with open(root / name / f"{split}.jsonl", "w") as handle:
+                for _ in range(size):
+                    handle.write(json.dumps(make(pair_example(rng))) + "\n")
     files = {"train": "train.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
     datasets = {
-        "conll": {"path": str(root / "conll"), "format": "json", "data_files": files},
-        "news": {"path": str(root / "news"), "format": "json", "data_files": files},
+        name: {"path": str(root / name), "format": "json", "data_files": files}
+        for name in ("conll", "news", "mrpc", "stsb", "emotions")
     }
     return root, encoder, datasets
 
