@@ -195,7 +195,7 @@ def sentence_scores(predictions_file: Path) -> dict:
     with open(predictions_file, encoding="utf-8") as handle:
         for line in handle:
             example = json.loads(line)
-            tasks = [value for key, value in example.items() if key != "words"]
+            tasks = [value for key, value in example.items() if key not in ("words", "words_pair")]
             if not tasks:
                 continue
             total += 1
