@@ -51,26 +51,27 @@ AG_SEED = 0
 # rows
 
 
-def snips_recipe() -> dict:
-    with open(CONFIGS / "snips_minilm.json", encoding="utf-8") as handle:
+def recipe(name: str) -> dict:
+    """A recipe config of bench/configs. `pairs_minilm`: MRPC (paraphrase label) + STS 2015 (similarity score),
+    fixed epochs and no dev selection (STS has no test split, so its validation Pearson is what is reported)."""
+    with open(CONFIGS / f"{name}.json", encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def snips_recipe() -> dict:
+    return recipe("snips_minilm")
 
 
 def conll_ag_recipe() -> dict:
-    with open(CONFIGS / "conll_agnews_minilm.json", encoding="utf-8") as handle:
-        return json.load(handle)
+    return recipe("conll_agnews_minilm")
 
 
 def pairs_recipe() -> dict:
-    """MRPC (paraphrase label) + STS 2015 (similarity score): fixed epochs, no dev selection (STS has no test split,
-    so its validation Pearson is what is reported)."""
-    with open(CONFIGS / "pairs_minilm.json", encoding="utf-8") as handle:
-        return json.load(handle)
+    return recipe("pairs_minilm")
 
 
 def mixsnips_recipe() -> dict:
-    with open(CONFIGS / "mixsnips_minilm.json", encoding="utf-8") as handle:
-        return json.load(handle)
+    return recipe("mixsnips_minilm")
 
 
 def pairs_with_snips() -> dict:

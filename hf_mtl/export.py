@@ -43,7 +43,7 @@ def export_task(model_dir: str, task_name: str, output_dir: str) -> str:
     if task_name not in tasks:
         raise ConfigError(f"task {task_name!r}: not a task of {model_dir}; its tasks are {sorted(tasks)}")
     task = tasks[task_name]
-    if getattr(task, "crf", False):
+    if task.needs_word_starts:
         raise ConfigError(f"task {task_name!r} decodes with a CRF, which AutoModelForTokenClassification lacks")
 
     config = copy.deepcopy(model.config.encoder)

@@ -135,7 +135,7 @@ def _render_body(output_dir, config, model_name, base_model, datasets, training_
         "",
         "| task | kind | labels |",
         "|---|---|---|",
-        *(f"| `{task.name}` | {task.kind} | {_labels_cell(task)} |" for task in tasks),
+        *(f"| `{task.name}` | {task.kind} | {task.labels_summary()} |" for task in tasks),
         "",
         "## Training",
         "",
@@ -213,12 +213,6 @@ def _render_results(tasks, metrics_by_split) -> list:
         summary = ", ".join(f"{HUB_SPLITS[split]} {score:.4f}" for split, score in scores.items())
         lines += ["", f"Mean of the tasks' main metrics (`score`): {summary}."]
     return lines
-
-
-def _labels_cell(task) -> str:
-    if task.labels is None:
-        return "a number" + (f" (train mean {task.target_mean:.4g}, sd {task.target_std:.4g})" if getattr(task, "target_mean", None) is not None else "")
-    return ", ".join(f"`{label}`" for label in task.labels)
 
 
 def _render_files(output_dir: Path) -> list:

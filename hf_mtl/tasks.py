@@ -92,6 +92,10 @@ class Task:
     def label2id(self) -> dict:
         return {label: index for index, label in enumerate(self.labels or ())}
 
+    def labels_summary(self) -> str:
+        """What the task predicts, for the model card."""
+        return ", ".join(f"`{label}`" for label in self.labels or ())
+
     def head_config(self) -> dict:
         """The task as `MultiTaskConfig.tasks` keeps it (what the model, the pipeline and a reload need)."""
         head = {"name": self.name, "type": self.type}
@@ -537,6 +541,10 @@ class RegressionTask(Task):
     @property
     def label_feature(self):
         return datasets.Value("float32")
+
+    def labels_summary(self) -> str:
+        scale = f" (train mean {self.target_mean:.4g}, sd {self.target_std:.4g})" if self.target_mean is not None else ""
+        return "a number" + scale
 
     def head_config(self) -> dict:
         head = super().head_config()

@@ -5,7 +5,7 @@ import json
 import random
 from pathlib import Path
 
-from train_fixtures import ORGS, PEOPLE, PLACES, TOPIC_WORDS, TOPICS
+from train_fixtures import ORGS, PEOPLE, PLACES, TOPIC_WORDS, TOPICS, joint_config
 
 SIZES = {"train": 48, "validation": 16, "test": 16}
 
@@ -50,28 +50,18 @@ def write_kinds_data(folder: Path, seed: int = 0) -> Path:
 def kinds_config(encoder_dir, data_dir, output_dir, **overrides) -> dict:
     """Four tasks, two data sets: pair label + pair score (joint), multi-label topics + NER (joint), mixed."""
     files = {"train": "train.jsonl", "validation": "validation.jsonl", "test": "test.jsonl"}
-    config = {
-        "model_name_or_path": str(encoder_dir),
-        "datasets": {
-            "pairs": {"path": str(Path(data_dir) / "pairs"), "format": "json", "data_files": files},
-            "multi": {"path": str(Path(data_dir) / "multi"), "format": "json", "data_files": files},
-        },
-        "tasks": [
-            {"name": "paraphrase", "type": "sequence_classification", "dataset": "pairs", "text_column": "sentence1",
-             "text_pair_column": "sentence2", "label_column": "paraphrase"},
-            {"name": "similarity", "type": "sequence_classification", "problem_type": "regression",
-             "dataset": "pairs", "text_column": "sentence1", "text_pair_column": "sentence2",
-             "label_column": "similarity"},
-            {"name": "topics", "type": "sequence_classification", "problem_type": "multi_label_classification",
-             "dataset": "multi", "label_column": "topics"},
-            {"name": "ner", "type": "token_classification", "dataset": "multi"},
-        ],
-        "max_seq_length": 32,
-        "output_dir": str(output_dir),
-        "do_train": True, "do_eval": True, "do_predict": True,
-        "max_steps": 30, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
-        "learning_rate": 5e-3, "logging_steps": 5, "save_strategy": "no", "eval_strategy": "no",
-        "use_cpu": True, "report_to": "none", "seed": 7, "disable_tqdm": True,
+    config = joint_config(encoder_dir, data_dir, output_dir, max_steps=30, learning_rate=5e-3, logging_steps=5)
+    config["datasets"] = {
+        name: {"path": str(Path(data_dir) / name), "format": "json", "data_files": files} for name in ("pairs", "multi")
     }
+    config["tasks"] = [
+        {"name": "paraphrase", "type": "sequence_classification", "dataset": "pairs", "text_column": "sentence1",
+         "text_pair_column": "sentence2", "label_column": "paraphrase"},
+        {"name": "similarity", "type": "sequence_classification", "problem_type": "regression",
+         "dataset": "pairs", "text_column": "sentence1", "text_pair_column": "sentence2", "label_column": "similarity"},
+        {"name": "topics", "type": "sequence_classification", "problem_type": "multi_label_classification",
+         "dataset": "multi", "label_column": "topics"},
+        {"name": "ner", "type": "token_classification", "dataset": "multi"},
+    ]
     config.update(overrides)
     return config
