@@ -55,7 +55,7 @@ def test_missing_jointbert_file(tmp_path):
 def test_unknown_format(tmp_path):
     with pytest.raises(
         ConfigError,
-        match=r"datasets.d.format: unknown format 'xml' \(known: jointbert, conll, json, csv, parquet, hub\)",
+        match=r"datasets.d.format: unknown format 'xml' \(known: jointbert, conll, json, csv, tsv, parquet, hub\)",
     ):
         load_raw_dataset("d", {"path": str(tmp_path), "format": "xml"})
 

@@ -185,12 +185,6 @@ def case_bad_sampling(b, tmp):
     return joint_config(b["encoder"], b["data"], tmp / "out", task_sampling="random"), [], ["task_sampling", "random"]
 
 
-def case_crf_not_available(b, tmp):
-    config = joint_config(b["encoder"], b["data"], tmp / "out")
-    config["tasks"][1]["crf"] = True
-    return config, [], ["tasks[1].crf"]
-
-
 CASES = {name[len("case_"):]: function for name, function in globals().items() if name.startswith("case_")}
 
 
