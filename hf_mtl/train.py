@@ -1,7 +1,9 @@
 """Train, evaluate and predict with a multi-task model from one JSON config (`run_mtl.py` / `hf-mtl train`).
 
-Reads top to bottom like transformers' `run_ner.py`: arguments -> data -> model -> freezing -> Trainer -> train ->
-evaluate -> predict -> save.
+`main` reads top to bottom like transformers' `run_ner.py`, one named step a line: arguments -> logging and seed ->
+encoder and tokenizer -> data -> model and freezing -> Trainer -> train -> save -> evaluate -> predict -> reports, card
+and push. hf_mtl's settings live in three dataclasses: `ModelArguments`, `DataArguments` and
+`MultiTaskTrainingArguments` (`TrainingArguments` plus freezing, learning-rate groups and gradual unfreezing).
 """
 
 import argparse
@@ -72,6 +74,19 @@ class ModelArguments:
     loss_weighting: str | None = field(
         default=None, metadata={"help": "static (loss_weights) or uncertainty (learned); default static, or the trained model's."}
     )
+
+    def __post_init__(self):
+        parse_json_fields(self, "loss_weights")
+
+
+@dataclass
+class MultiTaskTrainingArguments(TrainingArguments):
+    """
+    `TrainingArguments` plus hf_mtl's training-only knobs (freezing, learning-rate groups, gradual unfreezing), as
+    `Seq2SeqTrainingArguments` adds its own: they sit at the top level of the JSON config like every Trainer key, and
+    `training_args.json` records them with the rest.
+    """
+
     freeze_encoder: bool = field(default=False, metadata={"help": "Freeze the whole encoder (train heads only)."})
     freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the embedding layer."})
     freeze_layers: int = field(default=0, metadata={"help": "Freeze the embeddings and the lowest N transformer layers."})
@@ -85,7 +100,8 @@ class ModelArguments:
     layerwise_lr_decay: float | None = field(default=None, metadata={"help": "γ: layer l of L gets lr·γ^(L−l)."})
 
     def __post_init__(self):
-        parse_json_fields(self, "loss_weights", "unfreeze_schedule")
+        super().__post_init__()
+        parse_json_fields(self, "unfreeze_schedule")
 
 
 @dataclass
@@ -112,7 +128,7 @@ class DataArguments:
 
 def parse_arguments(argv):
     """`CONFIG.json [--key value ...]`: the JSON gives the values, `--key value` after it overrides them."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), exit_on_error=False)
+    parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments), exit_on_error=False)
     if not argv or not argv[0].endswith(".json"):
         raise ConfigError("usage: run_mtl.py CONFIG.json [--key value ...]")
     config_path, overrides = argv[0], argv[1:]
@@ -277,9 +293,45 @@ def check_reused_heads(tasks, previous_tasks):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    model_args, data_args, training_args = parse_arguments(argv)
+    """The run, step by step in `run_ner.py`'s order; each step is a function below."""
+    model_args, data_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+    fall_back_from_emulated_bf16(training_args)
 
+    model_path, encoder_config, tokenizer, previous_config = load_encoder_and_tokenizer(model_args, data_args)
+    tasks, data = load_data(data_args, training_args, tokenizer, previous_config)
+    train_dataset, eval_dataset, test_dataset = limit_samples(data, data_args)
+
+    model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
+    callbacks = freeze_model(model, training_args)
+    log_run_summary(model_args, training_args, model, tasks, data, previous_config)
+
+    trainer, push_to_hub, hub_model_id = build_trainer(
+        model, training_args, data_args, tokenizer, tasks, train_dataset, eval_dataset, callbacks
+    )
+    results = {}
+    if training_args.do_train:
+        results.update(train(trainer, training_args, train_dataset))
+    save_final_model(trainer, training_args)
+
+    decoded = {}
+    for split, dataset, wanted in (("eval", eval_dataset, training_args.do_eval), ("test", test_dataset, training_args.do_predict)):
+        if wanted:
+            decoded[split] = evaluate_split(trainer, tasks, split, dataset, results)
+
+    if trainer.is_world_process_zero():
+        write_run_outputs(training_args.output_dir, tasks, decoded, trainer.state.log_history)
+        write_model_folder_extras(model, model_args, data_args, training_args, tasks, decoded, results, hub_model_id)
+        if push_to_hub:
+            push_folder_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo,
+                               token=training_args.hub_token)
+        if "test" in decoded:
+            print_test_metrics(results, tasks)
+    return results
+
+
+def setup_logging(training_args):
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
@@ -290,10 +342,10 @@ def main(argv=None):
     if training_args.log_level == "passive":
         log_level = logging.INFO if training_args.should_log else logging.WARNING
     logging.getLogger("hf_mtl").setLevel(log_level)
-    set_seed(training_args.seed)
-    fall_back_from_emulated_bf16(training_args)
 
-    # ---- data ----------------------------------------------------------------------------------------------------
+
+def load_encoder_and_tokenizer(model_args, data_args):
+    """(local path, encoder config, tokenizer, config of a trained hf_mtl folder or None)."""
     model_path = resolve_model_path(model_args.model_name_or_path)
     try:
         encoder_config = AutoConfig.from_pretrained(model_path)
@@ -303,16 +355,19 @@ def main(argv=None):
     # Byte-level BPE tokenizers need a prefix space to take pre-split words (as in run_ner.py).
     prefix_space = {"add_prefix_space": True} if encoder_config.model_type in {"roberta", "deberta", "gpt2", "bloom"} else {}
     tokenizer = AutoTokenizer.from_pretrained(model_path, **prefix_space)
-    tasks = [task if isinstance(task, TaskSpec) else TaskSpec.from_dict(task, index) for index, task in enumerate(data_args.tasks)]
-    previous_config = trained_config(model_path)
-    if previous_config is not None:
-        check_reused_heads(tasks, {task["name"]: task for task in previous_config.tasks})
     max_positions = getattr(encoder_config, "max_position_embeddings", None)
     if max_positions is not None and encoder_config.model_type in {"roberta", "xlm-roberta", "camembert"}:
         max_positions -= encoder_config.pad_token_id + 1  # their position ids start after the padding index
     if max_positions is not None and data_args.max_seq_length > max_positions:
         raise ConfigError(f"max_seq_length: {data_args.max_seq_length} is above the encoder's limit of {max_positions}")
+    return model_path, encoder_config, tokenizer, trained_config(model_path)
 
+
+def load_data(data_args, training_args, tokenizer, previous_config):
+    """The tasks with their resolved labels and class weights, and the encoded splits the run needs."""
+    tasks = [task if isinstance(task, TaskSpec) else TaskSpec.from_dict(task, index) for index, task in enumerate(data_args.tasks)]
+    if previous_config is not None:
+        check_reused_heads(tasks, {task["name"]: task for task in previous_config.tasks})
     splits = [name for name, wanted in (("train", training_args.do_train), ("validation", training_args.do_eval),
                                          ("test", training_args.do_predict)) if wanted]
     with training_args.main_process_first(desc="dataset preprocessing"):
@@ -331,34 +386,43 @@ def main(argv=None):
             else:  # no train split in this run: the weights only matter to a loss nobody computes
                 previous = previous_config.get_task(task.name) if previous_config and task.name in previous_config.task_names else {}
                 task.class_weights = previous.get("class_weights")
+    return tasks, data
+
+
+def limit_samples(data, data_args):
+    """(train, validation, test), truncated by `max_train_samples` / `max_eval_samples`."""
     train_dataset, eval_dataset, test_dataset = data.train, data.validation, data.test
     if data_args.max_train_samples is not None and train_dataset is not None:
         train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
     if data_args.max_eval_samples is not None:
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset)))) if eval_dataset else None
         test_dataset = test_dataset.select(range(min(data_args.max_eval_samples, len(test_dataset)))) if test_dataset else None
+    return train_dataset, eval_dataset, test_dataset
 
-    # ---- model and freezing ----------------------------------------------------------------------------------------
-    model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
+
+def freeze_model(model, training_args) -> list:
+    """Freeze what the config freezes; the callbacks of gradual unfreezing, if scheduled."""
     apply_freezing(
-        model, freeze_encoder=model_args.freeze_encoder, freeze_embeddings=model_args.freeze_embeddings,
-        freeze_layers=model_args.freeze_layers, freeze_heads=model_args.freeze_heads or (),
+        model, freeze_encoder=training_args.freeze_encoder, freeze_embeddings=training_args.freeze_embeddings,
+        freeze_layers=training_args.freeze_layers, freeze_heads=training_args.freeze_heads or (),
     )
     if training_args.do_train and not any(parameter.requires_grad for parameter in model.parameters()):
         raise ConfigError("the whole network is frozen: run with do_eval/do_predict only (do_train false)")
-    callbacks = []
-    if model_args.unfreeze_schedule:
-        schedule = dict(model_args.unfreeze_schedule)
-        unknown = set(schedule) - {"start_frozen_layers", "unfreeze_every_steps", "unfreeze_every_epochs"}
-        if unknown or "start_frozen_layers" not in schedule:
-            raise ConfigError(f"unfreeze_schedule: needs start_frozen_layers and one of unfreeze_every_steps/_epochs; "
-                              f"unknown keys {sorted(unknown)}")
-        num_layers = len(encoder_layers(model.encoder))
-        if not 0 < schedule["start_frozen_layers"] <= num_layers:
-            raise ConfigError(f"unfreeze_schedule.start_frozen_layers: {schedule['start_frozen_layers']} is outside "
-                              f"1..{num_layers} (the encoder has {num_layers} layers)")
-        callbacks.append(GradualUnfreezingCallback(**schedule))
+    if not training_args.unfreeze_schedule:
+        return []
+    schedule = dict(training_args.unfreeze_schedule)
+    unknown = set(schedule) - {"start_frozen_layers", "unfreeze_every_steps", "unfreeze_every_epochs"}
+    if unknown or "start_frozen_layers" not in schedule:
+        raise ConfigError(f"unfreeze_schedule: needs start_frozen_layers and one of unfreeze_every_steps/_epochs; "
+                          f"unknown keys {sorted(unknown)}")
+    num_layers = len(encoder_layers(model.encoder))
+    if not 0 < schedule["start_frozen_layers"] <= num_layers:
+        raise ConfigError(f"unfreeze_schedule.start_frozen_layers: {schedule['start_frozen_layers']} is outside "
+                          f"1..{num_layers} (the encoder has {num_layers} layers)")
+    return [GradualUnfreezingCallback(**schedule)]
 
+
+def log_run_summary(model_args, training_args, model, tasks, data, previous_config):
     logger.info("\n".join(
         [f"hf_mtl run: world size {training_args.world_size}, device {training_args.device}",
          f"model: {model_args.model_name_or_path} ({'trained hf_mtl model' if previous_config else 'new heads'})"]
@@ -368,7 +432,9 @@ def main(argv=None):
         + ["parameters:"] + parameter_summary(model)
     ))
 
-    # ---- Trainer ---------------------------------------------------------------------------------------------------
+
+def build_trainer(model, training_args, data_args, tokenizer, tasks, train_dataset, eval_dataset, callbacks):
+    """(trainer, whether to push at the end, the Hub id to push to)."""
     # We push ourselves at the end: Trainer would create the repo in __init__ and replace our model card with its own.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     hub_model_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
@@ -385,59 +451,56 @@ def main(argv=None):
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         callbacks=callbacks,
         optimizer_groups_kwargs=dict(
-            encoder_learning_rate=model_args.encoder_learning_rate,
-            head_learning_rate=model_args.head_learning_rate,
-            layerwise_lr_decay=model_args.layerwise_lr_decay,
+            encoder_learning_rate=training_args.encoder_learning_rate,
+            head_learning_rate=training_args.head_learning_rate,
+            layerwise_lr_decay=training_args.layerwise_lr_decay,
         ),
     )
+    return trainer, push_to_hub, hub_model_id
 
-    results = {}
-    if training_args.do_train:
-        checkpoint = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        results.update(metrics)
-    trainer.save_model()  # the final model: weights, config, code files, tokenizer
+
+def train(trainer, training_args, train_dataset) -> dict:
+    checkpoint = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
+    metrics["train_samples"] = len(train_dataset)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    return metrics
+
+
+def save_final_model(trainer, training_args):
+    """Weights, config, code files and tokenizer; the arguments as JSON (the folder is meant for the Hub)."""
+    trainer.save_model()
     if trainer.is_world_process_zero():
-        # The final folder is meant for the Hub: the arguments as JSON instead of Trainer's pickle.
         with open(os.path.join(training_args.output_dir, "training_args.json"), "w", encoding="utf-8") as handle:
             handle.write(training_args.to_json_string())
         pickled_args = os.path.join(training_args.output_dir, "training_args.bin")
         if os.path.exists(pickled_args):
             os.remove(pickled_args)
 
-    decoded = {}
-    for split, dataset, wanted in (("eval", eval_dataset, training_args.do_eval), ("test", test_dataset, training_args.do_predict)):
-        if not wanted:
-            continue
-        trainer.compute_metrics = build_compute_metrics(tasks, dataset)
-        prediction = trainer.predict(dataset, metric_key_prefix=split)
-        metrics = prediction.metrics
-        metrics[f"{split}_samples"] = len(dataset)
-        trainer.log_metrics(split, metrics)
-        trainer.save_metrics(split, metrics)
-        results.update(metrics)
-        decoded[split] = decode_predictions(tasks, prediction.predictions, dataset)
 
-    if trainer.is_world_process_zero():
-        write_run_outputs(training_args.output_dir, tasks, decoded, trainer.state.log_history)
-        add_pipeline_to_folder(training_args.output_dir)
-        write_model_card(
-            training_args.output_dir, config=model.config, base_model=model_args.model_name_or_path,
-            datasets=data_args.datasets, training_settings=training_settings(model.config, model_args, data_args, training_args),
-            eval_metrics=results if "eval" in decoded else None, test_metrics=results if "test" in decoded else None,
-            hub_model_id=hub_model_id, task_datasets={task.name: task.dataset for task in tasks},
-        )
-        if push_to_hub:
-            push_folder_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo,
-                               token=training_args.hub_token)
-    if "test" in decoded and trainer.is_world_process_zero():
-        print_test_metrics(results, tasks)
-    return results
+def evaluate_split(trainer, tasks, split, dataset, results) -> list:
+    """Metrics of one split (`eval` or `test`) into `<split>_results.json` and `results`; its decoded predictions."""
+    trainer.compute_metrics = build_compute_metrics(tasks, dataset)
+    prediction = trainer.predict(dataset, metric_key_prefix=split)
+    metrics = prediction.metrics
+    metrics[f"{split}_samples"] = len(dataset)
+    trainer.log_metrics(split, metrics)
+    trainer.save_metrics(split, metrics)
+    results.update(metrics)
+    return decode_predictions(tasks, prediction.predictions, dataset)
+
+
+def write_model_folder_extras(model, model_args, data_args, training_args, tasks, decoded, results, hub_model_id):
+    """The pipeline code and the model card that make the folder ready for the Hub."""
+    add_pipeline_to_folder(training_args.output_dir)
+    write_model_card(
+        training_args.output_dir, config=model.config, base_model=model_args.model_name_or_path,
+        datasets=data_args.datasets, training_settings=training_settings(model.config, data_args, training_args),
+        eval_metrics=results if "eval" in decoded else None, test_metrics=results if "test" in decoded else None,
+        hub_model_id=hub_model_id, task_datasets={task.name: task.dataset for task in tasks},
+    )
 
 
 def write_run_outputs(output_dir, tasks, decoded, log_history):
@@ -450,14 +513,14 @@ def write_run_outputs(output_dir, tasks, decoded, log_history):
     write_plots(output_dir, tasks=tasks, decoded=decoded.get(split), split_name=split, log_history=log_history)
 
 
-def training_settings(model_config, model_args, data_args, training_args) -> dict:
+def training_settings(model_config, data_args, training_args) -> dict:
     """What the model card reports about how the model was trained."""
     settings = {
         "epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else f"{training_args.max_steps} steps",
         "learning_rate": training_args.learning_rate,
-        "encoder_learning_rate": model_args.encoder_learning_rate,
-        "head_learning_rate": model_args.head_learning_rate,
-        "layerwise_lr_decay": model_args.layerwise_lr_decay,
+        "encoder_learning_rate": training_args.encoder_learning_rate,
+        "head_learning_rate": training_args.head_learning_rate,
+        "layerwise_lr_decay": training_args.layerwise_lr_decay,
         "batch_size": training_args.per_device_train_batch_size * training_args.world_size
         * training_args.gradient_accumulation_steps,
         "max_seq_length": data_args.max_seq_length,
@@ -465,11 +528,11 @@ def training_settings(model_config, model_args, data_args, training_args) -> dic
         "loss_weighting": model_config.loss_weighting,
         "loss_weights": model_config.loss_weights or None,
         "pooling": model_config.pooling,
-        "freeze_encoder": model_args.freeze_encoder or None,
-        "freeze_embeddings": model_args.freeze_embeddings or None,
-        "freeze_layers": model_args.freeze_layers or None,
-        "freeze_heads": model_args.freeze_heads,
-        "unfreeze_schedule": model_args.unfreeze_schedule,
+        "freeze_encoder": training_args.freeze_encoder or None,
+        "freeze_embeddings": training_args.freeze_embeddings or None,
+        "freeze_layers": training_args.freeze_layers or None,
+        "freeze_heads": training_args.freeze_heads,
+        "unfreeze_schedule": training_args.unfreeze_schedule,
         "bf16": training_args.bf16 or None,
         "seed": training_args.seed,
     }
