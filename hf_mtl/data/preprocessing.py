@@ -53,6 +53,59 @@ def check_columns(dataset: datasets.Dataset, tasks, wheres: dict, dataset_name: 
                 f"({wheres[task.name]}.tokens_column) holds {dataset.features[input_column]}, not word lists; "
                 "for raw text set text_column"
             )
+        problem = column_kind_problem(dataset.features, task)
+        if problem:
+            column, key, message = problem
+            raise DataError(
+                f"data set {dataset_name!r}, split {split!r}: column {column!r} ({wheres[task.name]}.{key}) {message}"
+            )
+
+
+LIST_FEATURES = (datasets.List, datasets.Sequence, datasets.LargeList)
+
+
+def column_kind_problem(features, task):
+    """(column, config key, what is wrong) when a column holds the wrong kind of value for the task, else None.
+
+    Values are never coerced: a list used as one label would become a class named "['B-MISC', 'O']", a float a class
+    "1.0". A column whose JSON values mix kinds has the `Json` feature and is checked value by value in normalize_split.
+    """
+    kind, input_column = task.input_column
+    target = features[task.target_column]
+    if kind == "text" and isinstance(features[input_column], LIST_FEATURES):
+        return input_column, "text_column", "holds lists, not text; for pre-split words set tokens_column"
+    if task.is_token_task:
+        if not isinstance(target, LIST_FEATURES):
+            return task.target_column, "tags_column", f"holds {target}, not one tag per word (a list of tags)"
+        target = target.feature
+    elif isinstance(target, LIST_FEATURES) and getattr(task, "problem_type", None) in (None, "single_label_classification"):
+        return task.target_column, "label_column", (
+            "holds lists of labels, but the task takes one label per example; for several labels per example set "
+            '"problem_type": "multi_label_classification"'
+        )
+    if isinstance(target, (dict, LIST_FEATURES)):
+        return task.target_column, key_of_target(task), f"holds {target}, not labels"
+    if isinstance(target, datasets.Value) and target.dtype.startswith(("float", "double", "decimal")):
+        return task.target_column, key_of_target(task), (
+            f"holds {target.dtype} numbers, not class labels (strings or integer ids); a column of ids with empty "
+            "cells is read as floats: fill them, or use -1 for no label"
+        )
+    return None
+
+
+def key_of_target(task) -> str:
+    return "tags_column" if task.is_token_task else "label_column"
+
+
+def value_kind_problem(value, strings_only: bool) -> str | None:
+    """What is wrong with one label or word (None when nothing): null inside a list, a number among strings, ..."""
+    if isinstance(value, str):
+        return None
+    if value is None:
+        return "is null"
+    if strings_only or isinstance(value, (float, list, dict)):
+        return f"is {value!r} ({type(value).__name__}), not a string"
+    return None
 
 
 def normalized_features(input_kind: str, tasks) -> datasets.Features:
@@ -72,9 +125,8 @@ def normalize_split(dataset, tasks, wheres, *, dataset_name, split, tag_scheme="
     input_kind, input_column = tasks[0].input_column
     names = {task.name: class_label_names(dataset.features[task.target_column]) or task.labels for task in tasks}
 
-    def place(index, task):
-        key = "tags_column" if task.is_token_task else "label_column"
-        field = f"{wheres[task.name]}.{key} {task.target_column!r}"
+    def place(index, task, key=None, column=None):
+        field = f"{wheres[task.name]}.{key or key_of_target(task)} {column or repr(task.target_column)}"
         location = locate(index) if locate is not None else None
         prefix = f"{location} " if location else ""
         return f"{prefix}(data set {dataset_name!r}, split {split!r}, example index {index}, {field})"
@@ -88,18 +140,46 @@ def normalize_split(dataset, tasks, wheres, *, dataset_name, split, tag_scheme="
             return names[task.name][value]
         return str(value).strip()
 
+    # A JSON column whose values mix kinds (strings and numbers) has the `Json` feature: its values must all be strings.
+    mixed = {task.name: isinstance(getattr(dataset.features[task.target_column], "feature",
+                                           dataset.features[task.target_column]), datasets.Json) for task in tasks}
+    input_key = "tokens_column" if input_kind == "words" else "text_column"
+
+    def check_value(value, index, task, what):
+        problem = value_kind_problem(value, strings_only=mixed[task.name])
+        if problem and not (value is None and what == "label"):  # a null label means "no label"
+            hint = ('; for several labels per example set "problem_type": "multi_label_classification"'
+                    if isinstance(value, list) else "")
+            raise DataError(f"{place(index, task)}: {what} {problem}{hint}")
+
+    def check_words(words, index):
+        for position, word in enumerate(words or []):
+            problem = value_kind_problem(word, strings_only=True)
+            if problem:
+                raise DataError(f"{place(index, tasks[0], input_key, repr(input_column))}: word {position + 1} {problem}")
+
     def normalize(batch, indices):
         if input_kind == "words":
-            output = {"words": [[str(word) for word in words] if words else [] for words in batch[input_column]]}
+            for index, words in zip(indices, batch[input_column]):
+                check_words(words, index)
+            output = {"words": [list(words) if words else [] for words in batch[input_column]]}
             lengths = [len(words) for words in output["words"]]
         else:
+            for index, text in zip(indices, batch[input_column]):
+                if text is not None and not isinstance(text, str):
+                    raise DataError(f"{place(index, tasks[0], input_key, repr(input_column))}: {text!r} is not a string")
             output = {"text": [text or "" for text in batch[input_column]]}
         for task in tasks:
             column = []
             for row, (index, value) in enumerate(zip(indices, batch[task.target_column])):
                 if not task.is_token_task:
+                    check_value(value, index, task, "label")
                     column.append(to_name(value, index, task))
                     continue
+                if value is not None and not isinstance(value, list):
+                    raise DataError(f"{place(index, task)}: tags {value!r} are not a list (one tag per word)")
+                for position, tag in enumerate(value or []):
+                    check_value(tag, index, task, f"tag {position + 1}")
                 tags = [to_name(tag, index, task) for tag in value or []]
                 if tags and len(tags) != lengths[row]:
                     raise DataError(f"{place(index, task)}: {lengths[row]} words but {len(tags)} tags")
