@@ -61,6 +61,9 @@ class TaskSpec:
         """Raise a `ConfigError` naming `<where>.<key>` for the first bad value."""
         if not self.name.isidentifier():
             raise ConfigError(f"{where}.name: {self.name!r} must be a Python identifier (it names `<name>_labels`)")
+        reserved = reserved_name_reason(self.name)
+        if reserved:
+            raise ConfigError(f"{where}.name: {self.name!r} is reserved ({reserved}); rename the task")
         if self.type not in TASK_TYPES:
             raise ConfigError(f"{where}.type: {self.type!r} is not one of {', '.join(TASK_TYPES)}")
         for key in ("tokens_column", "tags_column", "label_column"):
@@ -89,6 +92,20 @@ class TaskSpec:
                 raise ConfigError(f"{where}.{key}: true or false, got {getattr(self, key)!r}")
         if self.crf and not self.is_token_task:
             raise ConfigError(f"{where}.crf: only token_classification tasks can use a CRF")
+
+
+def reserved_name_reason(name: str) -> str | None:
+    """Why a task cannot be called `name` (it would collide later, at prediction or model building), or None."""
+    from torch import nn
+
+    from ..pipeline_mtl import RESERVED_KEYS
+
+    if name in RESERVED_KEYS:
+        keys = ", ".join(repr(key) for key in RESERVED_KEYS)
+        return f"the pipeline, `hf-mtl predict` and test_predictions.jsonl put {keys} beside the task names"
+    if hasattr(nn.ModuleDict(), name):
+        return "an attribute of the torch nn.ModuleDict that holds the heads"
+    return None
 
 
 def parse_task_specs(tasks: list, dataset_names) -> list[TaskSpec]:
