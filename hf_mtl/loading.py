@@ -57,6 +57,8 @@ def verify_model_folder(model_dir) -> MultiTaskConfig:
     """The checks that need no model: the folder, its config, its weights files. Returns the folder's config."""
     model_dir = os.fspath(model_dir)
     where = f"model {model_dir}"
+    if os.path.isfile(os.path.expanduser(model_dir)):
+        raise ModelError(f"{where}: is a file; give the model's folder")
     if looks_like_a_path(model_dir) and not os.path.isdir(os.path.expanduser(model_dir)):
         raise ModelError(f"{where}: no such folder")
     model_dir = os.path.expanduser(model_dir)
@@ -70,6 +72,8 @@ def verify_model_folder(model_dir) -> MultiTaskConfig:
         raise ModelError(f"{config_file}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
     except UnicodeDecodeError:
         raise ModelError(f"{config_file}: not UTF-8 text") from None
+    except OSError as error:
+        raise ModelError(f"{config_file}: cannot be read ({error.strerror})") from None
     if not isinstance(config_dict, dict) or config_dict.get("model_type") != MultiTaskConfig.model_type:
         found = config_dict.get("model_type") if isinstance(config_dict, dict) else None
         raise ModelError(f"{where}: not an hf_mtl multi-task model (config.json has model_type {found!r})")
@@ -77,6 +81,8 @@ def verify_model_folder(model_dir) -> MultiTaskConfig:
         config = MultiTaskConfig.from_pretrained(model_dir)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise ModelError(f"{config_file}: not a valid hf_mtl config ({error})") from None
+    if not config.tasks:
+        raise ModelError(f"{config_file}: declares no tasks, so the folder has no heads to predict with")
 
     index_file = local_file(model_dir, WEIGHTS_INDEX_NAME)
     if index_file is not None:
@@ -115,8 +121,11 @@ def load_tokenizer(model_dir, encoder_config, **kwargs):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(os.fspath(model_dir)), **kwargs)
+    except Exception as error:  # the tokenizers library raises plain Exceptions for a damaged tokenizer.json
+        raise ModelError(f"model {model_dir}: cannot load its tokenizer ({type(error).__name__}: {error})") from None
+    try:
         check_tokenizer(tokenizer, encoder_config)
-    except (OSError, ValueError, TypeError) as error:
+    except ValueError as error:
         raise ModelError(f"model {model_dir}: {error}") from None
     return tokenizer
 

@@ -153,6 +153,8 @@ def check_run_settings(model_args, data_args, training_args) -> list:
             if hasattr(arguments, key) and not (key == "num_train_epochs" and training_args.max_steps > 0):
                 check_number(key, getattr(arguments, key), *rule)
     check_choice("pooling", model_args.pooling, POOLING_MODES)
+    check_attention(model_args.attn_implementation)
+    check_reporting(training_args.report_to)
     check_choice("loss_weighting", model_args.loss_weighting, LOSS_WEIGHTINGS)
     check_loss_weights(model_args.loss_weights, [task.name for task in tasks])
     check_unfreeze_schedule(training_args.unfreeze_schedule)
@@ -183,6 +185,27 @@ def check_number(key, value, kind, low, low_inclusive, high, high_inclusive):
 def check_choice(key, value, choices):
     if value is not None and value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+
+def check_attention(name):
+    """An attention implementation transformers knows (or a kernel from the Hub, `org/repo`)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.keys()]
+    if name is not None and "/" not in name and name not in known:
+        raise ConfigError(f"attn_implementation: {name!r} is not one of {', '.join(known)}")
+
+
+def check_reporting(report_to):
+    """Each `report_to` integration is one transformers has and is installed (Trainer fails in __init__ otherwise)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in report_to or ():
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(f"report_to: {name!r} is not one of none, all, {', '.join(INTEGRATION_TO_CALLBACK)}")
+        if name not in get_available_reporting_integrations():
+            raise ConfigError(f"report_to: {name!r} is not installed here (pip install {name}), or set report_to none")
 
 
 def check_loss_weights(weights, task_names):

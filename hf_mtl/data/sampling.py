@@ -19,7 +19,7 @@ def sampling_probabilities(
     if strategy == "temperature" and not (
         isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
     ):
-        raise ConfigError(f"sampling_temperature: a finite number > 0 is required, got {temperature!r}")
+        raise ConfigError(f"sampling_temperature: a number > 0 is required, got {temperature!r}")
     if not sizes or any(size <= 0 for size in sizes.values()):
         raise ConfigError(f"task_sampling: every data set needs train examples to be sampled, got sizes {sizes}")
     exponent = {"proportional": 1.0, "temperature": 1.0 / temperature, "uniform": 0.0}[strategy]

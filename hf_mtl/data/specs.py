@@ -1,5 +1,6 @@
 """The `tasks` and `datasets` blocks of a run config, checked field by field before any file is read."""
 
+import math
 from dataclasses import dataclass, fields, replace
 
 from ..configuration_mtl import TASK_TYPES
@@ -80,10 +81,10 @@ class TaskSpec:
         weights = self.class_weights
         if weights is not None and weights != "balanced":
             if not isinstance(weights, (list, tuple)) or not all(
-                isinstance(w, (int, float)) and w >= 0 for w in weights
-            ):
+                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights
+            ) or not any(w > 0 for w in weights):
                 raise ConfigError(
-                    f'{where}.class_weights: null, "balanced" or a list of non-negative numbers, got {weights!r}'
+                    f'{where}.class_weights: null, "balanced" or a list of finite numbers >= 0 (one > 0), got {weights!r}'
                 )
             if self.labels is not None and len(weights) != len(self.labels):
                 raise ConfigError(f"{where}.class_weights: {len(weights)} weights for {len(self.labels)} labels")
