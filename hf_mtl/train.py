@@ -379,8 +379,9 @@ def run_inputs(model_args, data_args, training_args) -> list:
     paths = [resolve_model_path(model_args.model_name_or_path)]
     for spec in data_args.datasets.values():
         folder = spec.get("path") if spec.get("path") and os.path.isdir(spec["path"]) else "."
-        paths += [spec["path"]] if spec.get("path") else []
         files = spec.get("splits") if spec.get("splits") is not None else spec.get("data_files")
+        if spec.get("path") and not files:  # a data file, or a folder the reader searches
+            paths.append(spec["path"])
         entries = files.values() if isinstance(files, dict) else [files] if files else []
         for entry in entries:  # a split's file name, glob or list of them
             for name in [entry] if isinstance(entry, str) else entry:
