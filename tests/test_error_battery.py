@@ -281,18 +281,6 @@ def case_diverging_loss_with_tensorboard_logs(b, tmp):
     return train(config), ["training step 1"]
 
 
-def case_infinite_class_weight(b, tmp):
-    config = config_for(b, tmp)
-    config["tasks"][0]["class_weights"] = [float("inf"), 1.0, 1.0, 1.0]
-    return train(config), ["tasks[0].class_weights", "finite"]
-
-
-def case_class_weights_all_zero(b, tmp):
-    config = config_for(b, tmp)
-    config["tasks"][0]["class_weights"] = [0, 0, 0, 0]
-    return train(config), ["tasks[0].class_weights", "one > 0"]
-
-
 # ---- 2. values that pass the schema but make no sense ---------------------------------------------------------------
 def case_nan_loss_weight(b, tmp):
     return train(config_for(b, tmp, loss_weights={"ner": float("nan")})), ["loss_weights.ner", "nan"]
@@ -308,6 +296,18 @@ def case_all_loss_weights_zero(b, tmp):
 
 def case_loss_weight_of_unknown_task(b, tmp):
     return train(config_for(b, tmp, loss_weights={"intent": 2.0})), ["loss_weights.intent"]
+
+
+def case_infinite_class_weight(b, tmp):
+    config = config_for(b, tmp)
+    config["tasks"][0]["class_weights"] = [float("inf"), 1.0, 1.0, 1.0]
+    return train(config), ["tasks[0].class_weights", "finite"]
+
+
+def case_class_weights_all_zero(b, tmp):
+    config = config_for(b, tmp)
+    config["tasks"][0]["class_weights"] = [0, 0, 0, 0]
+    return train(config), ["tasks[0].class_weights", "one > 0"]
 
 
 def case_negative_learning_rate(b, tmp):
