@@ -4,7 +4,6 @@ import argparse
 import json
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from . import __version__
 from .data.readers import iter_text_lines
 from .errors import ConfigError, DataError, HfMtlError
+from .outputs import StagedOutput
 
 # Lines handed to the pipeline at once: large enough to sort by length, small enough for a lively progress bar.
 BLOCK_SIZE = 1024
@@ -105,9 +105,10 @@ def run_train(argv):
 
 
 def run_predict(args):
+    output = file_output(args)
     records = read_predict_input(Path(args.input))
     pipe = load_pipeline(args.model, args.batch_size)
-    with atomic_output(Path(args.output), "w") as writer, progress(len(records), "predict") as bar:
+    with output, open(output.path, "w", encoding="utf-8") as writer, progress(len(records), "predict") as bar:
         for begin in range(0, len(records), BLOCK_SIZE):
             block = records[begin : begin + BLOCK_SIZE]
             for result in predict_block(pipe, block, return_tags=args.tags, bf16=args.bf16):
@@ -129,6 +130,7 @@ def predict_block(pipe, records, **kwargs):
 
 
 def run_embed(args):
+    output = file_output(args)
     texts = read_lines(Path(args.input))
     pipe = load_pipeline(args.model, args.batch_size)
     embeddings = []
@@ -137,7 +139,7 @@ def run_embed(args):
             block = texts[begin : begin + BLOCK_SIZE]
             embeddings.append(pipe.embed(block, normalize=args.normalize, bf16=args.bf16))
             bar.update(len(block))
-    with atomic_output(Path(args.output), "wb") as writer:
+    with output, open(output.path, "wb") as writer:
         np.save(writer, np.concatenate(embeddings))
 
 
@@ -153,18 +155,27 @@ def run_export_sentence_transformers(args):
     export_sentence_transformers(args.model, args.output, normalize=args.normalize)
 
 
+def file_output(args) -> StagedOutput:
+    """`--output`, checked before anything is read: written beside itself, renamed into place once complete."""
+    output = StagedOutput(args.output, kind="file", inputs=[args.input, args.model], where="--output")
+    output.check()
+    return output
+
+
 def load_pipeline(model_dir, batch_size):
-    from .export import load_multitask
+    from .loading import load_model_folder
     from .pipeline_mtl import MultiTaskPipeline
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    model, tokenizer = load_multitask(model_dir)
+    model, tokenizer = load_model_folder(model_dir)
     return MultiTaskPipeline(model, tokenizer=tokenizer, batch_size=batch_size)
 
 
 def read_lines(path: Path) -> list:
     """The lines of a text file without their line breaks; an empty file is an error."""
+    if path.is_dir():
+        raise DataError(f"--input {path}: is a folder, expected a text file")
     if not path.is_file():
         raise DataError(f"--input {path}: no such file")
     # Split on "\n" only (str.splitlines also breaks at U+2028 and friends); bad bytes are named as file:line.
@@ -208,21 +219,6 @@ def read_predict_input(path: Path) -> list:
 
 def _is_word_list(value) -> bool:
     return isinstance(value, list) and all(isinstance(word, str) for word in value)
-
-
-@contextmanager
-def atomic_output(path: Path, mode: str):
-    """Write to a temporary file beside `path` and rename it into place only once everything was written."""
-    if path.is_dir():
-        raise ConfigError(f"--output {path}: is a folder, expected a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as writer:
-            yield writer
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def progress(total: int, description: str):

@@ -4,10 +4,13 @@ Self-contained on purpose (imports only transformers): `save_pretrained` copies 
 weights, so the Hub copy runs where hf_mtl is not installed.
 """
 
+from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 TASK_TYPES = ("sequence_classification", "token_classification")
+# Output keys of `MultiTaskPipeline` and of the rows of `*_predictions.jsonl`, beside the task names.
+RESERVED_OUTPUT_KEYS = ("text", "text_pair", "words", "words_pair", "tags")
 # transformers' `problem_type` names of a sentence task; a token task is single-label per token.
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 POOLING_MODES = ("cls", "mean", "max", "pooler")
@@ -46,6 +49,15 @@ def validate_task(task: dict, where: str, labels_known: bool = True) -> None:
     name = task.get("name")
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"{where}.name: {name!r} must be a Python identifier (it names `<name>_labels`)")
+    if name in RESERVED_OUTPUT_KEYS:
+        keys = ", ".join(repr(key) for key in RESERVED_OUTPUT_KEYS)
+        raise ValueError(
+            f"{where}.name: {name!r} is reserved (the pipeline, `hf-mtl predict` and test_predictions.jsonl put {keys} "
+            "beside the task names); rename the task"
+        )
+    if hasattr(nn.ModuleDict(), name):
+        raise ValueError(f"{where}.name: {name!r} is reserved (an attribute of the torch nn.ModuleDict that holds "
+                         "the heads); rename the task")
     if task.get("type") not in TASK_TYPES:
         raise ValueError(f"{where}.type: {task.get('type')!r} is not one of {', '.join(TASK_TYPES)}")
     problem_type = task.get("problem_type")
@@ -72,8 +84,10 @@ def validate_task(task: dict, where: str, labels_known: bool = True) -> None:
         weights = task.get(key)
         if weights is None:
             continue
-        if not isinstance(weights, (list, tuple)) or not all(_is_number(w) and w >= 0 for w in weights):
-            raise ValueError(f"{where}.{key}: a list of non-negative numbers is required, got {weights!r}")
+        if not isinstance(weights, (list, tuple)) or not all(_is_number(w) and w >= 0 for w in weights) or not any(
+            w > 0 for w in weights
+        ):
+            raise ValueError(f"{where}.{key}: a list of finite numbers >= 0 (one > 0) is required, got {weights!r}")
         if labels is not None and len(weights) != len(labels):
             raise ValueError(f"{where}.{key}: {len(weights)} weights for {len(labels)} labels")
     threshold = task.get("threshold")

@@ -15,3 +15,7 @@ class DataError(HfMtlError, ValueError):
 
 class ModelError(HfMtlError, ValueError):
     """A model folder or checkpoint cannot be used as asked (names the folder and what is missing)."""
+
+
+class TrainingError(HfMtlError, RuntimeError):
+    """Training cannot go on as configured (names the step and what went wrong, e.g. a loss that became NaN)."""

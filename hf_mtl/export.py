@@ -6,30 +6,25 @@ import os
 
 from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from .configuration_mtl import encoder_has_pooler
-from .errors import ConfigError, ModelError
+from .errors import ConfigError
+from .loading import load_model_folder
+from .outputs import StagedOutput
 from .pipeline_mtl import max_input_length
 from .tasks import tasks_of_config
 
 
-def load_multitask(model_dir: str):
-    """The `MultiTaskModel` and fast tokenizer of a saved folder or Hub id; a `ModelError` naming it if unusable."""
-    model_dir = str(model_dir)
-    looks_like_a_path = os.path.isabs(model_dir) or model_dir.startswith(".") or model_dir.count("/") > 1
-    if looks_like_a_path and not os.path.isdir(model_dir):
-        raise ModelError(f"model {model_dir}: no such folder")
-    try:
-        model = AutoModel.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"model {model_dir}: cannot load a model and tokenizer from it ({error})") from error
-    if not getattr(model.config, "tasks", None):
-        raise ModelError(f"model {model_dir}: not an hf_mtl multi-task model (its config has no `tasks`)")
-    if not tokenizer.is_fast:
-        raise ModelError(f"model {model_dir}: its tokenizer has no fast version (needed for character offsets)")
-    return model, tokenizer
+def model_folder(folder) -> bool:
+    """Whether an existing output folder is a model folder an export may replace (not, say, a folder of data)."""
+    return any(os.path.isfile(os.path.join(folder, name)) for name in ("config.json", "modules.json"))
+
+
+def export_output(model_dir, output_dir) -> StagedOutput:
+    """The export's output folder, built beside `output_dir` and renamed into place once complete."""
+    return StagedOutput(output_dir, inputs=[model_dir], replaceable=model_folder, what="a model folder",
+                        where="--output")
 
 
 def export_task(model_dir: str, task_name: str, output_dir: str) -> str:
@@ -38,7 +33,9 @@ def export_task(model_dir: str, task_name: str, output_dir: str) -> str:
     as `AutoModelForTokenClassification`, a sentence task as `AutoModelForSequenceClassification` with the task's
     `problem_type` (a regression's target scale folded into the classifier), so `pipeline(...)` serves it.
     """
-    model, tokenizer = load_multitask(model_dir)
+    output = export_output(model_dir, output_dir)
+    output.check()
+    model, tokenizer = load_model_folder(model_dir)
     tasks = {task.name: task for task in tasks_of_config(model.config)}
     if task_name not in tasks:
         raise ConfigError(f"task {task_name!r}: not a task of {model_dir}; its tasks are {sorted(tasks)}")
@@ -65,8 +62,9 @@ def export_task(model_dir: str, task_name: str, output_dir: str) -> str:
             weight, bias = weight * task.target_std, bias * task.target_std + task.target_mean
     stock.base_model.load_state_dict(encoder_state, strict=True)
     stock.classifier.load_state_dict({"weight": weight, "bias": bias}, strict=True)
-    stock.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    with output:
+        stock.save_pretrained(output.path)
+        tokenizer.save_pretrained(output.path)
     return output_dir
 
 
@@ -90,7 +88,15 @@ def export_sentence_transformers(model_dir: str, output_dir: str, normalize: boo
     as a `Pooling` module (`pooler` as CLS pooling + the pooler's dense/tanh as a `Dense` module), then `Normalize`
     when `normalize` (default: the model's `normalize_embeddings`).
     """
-    model, tokenizer = load_multitask(model_dir)
+    output = export_output(model_dir, output_dir)
+    output.check()
+    model, tokenizer = load_model_folder(model_dir)
+    with output:
+        _write_sentence_transformers(model, tokenizer, output.path, normalize)
+    return output_dir
+
+
+def _write_sentence_transformers(model, tokenizer, output_dir, normalize):
     pooling = model.config.pooling
     normalize = model.config.normalize_embeddings if normalize is None else normalize
     hidden_size = model.config.encoder.hidden_size
@@ -140,7 +146,6 @@ def export_sentence_transformers(model_dir: str, output_dir: str, normalize: boo
         for index, (path, module_type) in enumerate(modules)
     ]
     _write_json(os.path.join(output_dir, "modules.json"), modules_json)
-    return output_dir
 
 
 def _write_json(path: str, content) -> None:

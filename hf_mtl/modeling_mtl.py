@@ -556,6 +556,43 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         model.name_or_path = str(encoder_name_or_path)
         return model
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """
+        `PreTrainedModel.from_pretrained`, strict about the folder matching itself: a weight the model needs that the
+        checkpoint lacks (a task added to or renamed in `config.json`), a head of another shape (labels edited) or a
+        head the config does not declare raises a `ValueError` naming them, instead of loading random heads; a damaged
+        weights file raises an `OSError` naming the folder. `ignore_mismatched_sizes=True` still allows other shapes.
+        """
+        return_info = kwargs.pop("output_loading_info", False)
+        allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, ignore_mismatched_sizes=True,
+                **kwargs,
+            )
+        except Exception as error:  # safetensors' error type, which this self-contained file does not import
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise OSError(f"{pretrained_model_name_or_path}: a weights file is damaged ({error})") from error
+        problems = []
+        if info["missing_keys"]:
+            problems.append(f"weights missing from the checkpoint: {sorted(info['missing_keys'])[:6]}")
+        unexpected_heads = sorted(key for key in info["unexpected_keys"] if key.startswith("heads."))
+        if unexpected_heads:
+            problems.append(f"heads in the checkpoint that config.json does not declare: {unexpected_heads[:6]}")
+        if info["mismatched_keys"] and not allow_mismatch:
+            shapes = [f"{key} {list(saved)} in the checkpoint, {list(expected)} in config.json"
+                      for key, saved, expected in sorted(info["mismatched_keys"])[:4]]
+            problems.append(f"weights of another shape: {shapes}")
+        if problems:
+            tasks = [task["name"] for task in model.config.tasks]
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: config.json (tasks {tasks}) does not match the weights: "
+                + "; ".join(problems)
+            )
+        return (model, info) if return_info else model
+
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()
 

@@ -24,7 +24,6 @@ logger = logging.get_logger(__name__)
 PIPELINE_TASK = "multi-task"
 # "0" or "1" overrides what this CPU is taken to be, so either precision path runs on any machine (README, tests).
 NATIVE_BF16_ENV = "HF_MTL_NATIVE_BF16"
-RESERVED_KEYS = ("text", "text_pair", "words", "words_pair", "tags")
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -242,11 +241,12 @@ class MultiTaskPipeline(Pipeline):
         tasks = getattr(model.config, "tasks", None)
         if not tasks:
             raise ValueError(f"MultiTaskPipeline needs a model with `config.tasks`, got {type(model).__name__}")
-        clashes = [task["name"] for task in tasks if task["name"] in RESERVED_KEYS]
-        if clashes:
-            raise ValueError(f"task names {clashes} clash with the output keys {list(RESERVED_KEYS)}")
-        if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        if tokenizer is None:
             raise ValueError("MultiTaskPipeline needs a fast tokenizer (character offsets give the entity spans)")
+        try:
+            check_tokenizer(tokenizer, model.config.encoder)
+        except ValueError as error:
+            raise ValueError(f"{getattr(model, 'name_or_path', None) or 'MultiTaskPipeline'}: {error}") from None
         super().__init__(model=model, tokenizer=tokenizer, **kwargs)
         self.tasks = [{**task, "kind": task_kind(task)} for task in tasks]
 
@@ -524,6 +524,26 @@ def cpu_has_native_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def check_tokenizer(tokenizer, encoder_config) -> None:
+    """
+    Raise a `ValueError` when `tokenizer` cannot be the encoder's: not a fast tokenizer (character offsets give the
+    entity spans and word alignment), more tokens than the encoder has embeddings, or fewer than half of them, which is
+    what transformers builds from a folder without `tokenizer.json` (5 special tokens: every word becomes `[UNK]`).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"the tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; hf_mtl needs its character offsets: "
+            "the folder needs a tokenizer.json"
+        )
+    vocab_size, size = getattr(encoder_config, "vocab_size", None), len(tokenizer)
+    if vocab_size and not vocab_size // 2 <= size <= vocab_size:
+        cause = "tokenizer.json is missing or" if size < vocab_size else "it"
+        raise ValueError(
+            f"the tokenizer has {size:,} tokens but the encoder's embeddings have {vocab_size:,}: {cause} belongs to "
+            "another model (save the training tokenizer next to the weights)"
+        )
+
+
 def max_input_length(config, tokenizer) -> int:
     """Most tokens one forward pass reads: the tokenizer's limit, capped by the encoder's position embeddings."""
     positions = getattr(config.encoder, "max_position_embeddings", None)
@@ -551,4 +571,12 @@ def add_pipeline_to_folder(folder) -> None:
         writer.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["MultiTaskPipeline", "add_pipeline_to_folder", "cpu_has_native_bf16", "entities_from_tags", "max_input_length", "split_words"]
+__all__ = [
+    "MultiTaskPipeline",
+    "add_pipeline_to_folder",
+    "check_tokenizer",
+    "cpu_has_native_bf16",
+    "entities_from_tags",
+    "max_input_length",
+    "split_words",
+]

@@ -31,9 +31,8 @@ from .errors import ConfigError, DataError
 IGNORE_INDEX = -100
 OUTSIDE_TAG = "O"
 STRINGS = datasets.List(datasets.Value("string"))
+LIST_FEATURES = (datasets.List, datasets.Sequence, datasets.LargeList)
 BIO_TAG = re.compile(r"^(O|[BI]-\S+)$")
-# Output keys of `MultiTaskPipeline` and of the rows of `*_predictions.jsonl`: a task may not take their names.
-RESERVED_TASK_NAMES = ("text", "text_pair", "words", "words_pair", "tags")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,11 +106,6 @@ class Task:
 
     def check(self, where: str) -> None:
         """Raise a `ConfigError` naming `<where>.<key>` for the first bad value (saved fields: `validate_task`)."""
-        if self.name in RESERVED_TASK_NAMES:
-            raise ConfigError(
-                f"{where}.name: {self.name!r} is an output key of the pipeline and of the predictions file "
-                f"({', '.join(RESERVED_TASK_NAMES)}); choose another task name"
-            )
         for key in ("tokens_column", "label_column", "tags_column"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ConfigError(f"{where}.{key}: a non-empty string is required, got {getattr(self, key)!r}")
@@ -156,10 +150,18 @@ class Task:
     def missing_gold(self):
         return ""
 
-    def normalize_gold(self, value, names, place, num_words=None, tag_scheme="iob2"):
+    def normalize_gold(self, value, names, place, num_words=None, tag_scheme="iob2", strings_only=False):
         """A raw cell as this task's gold (label strings; ints mapped through `names`); `place()` names the row.
-        `num_words` (the row's input length) and `tag_scheme` matter to token tasks only."""
+        `num_words` (the row's input length) and `tag_scheme` matter to token tasks only; `strings_only`: the column
+        mixes kinds of JSON value, so a label that is not a string is an error rather than a class of its own."""
         raise NotImplementedError
+
+    def feature_problem(self, feature) -> str | None:
+        """What is wrong with the gold column's type for this kind (never coerced), or None."""
+        if isinstance(feature, LIST_FEATURES):
+            return ('holds lists of labels, but the task takes one label per example; for several labels per example '
+                    'set "problem_type": "multi_label_classification"')
+        return _label_feature_problem(feature)
 
     def label_list_from(self, golds) -> tuple:
         """The labels of a train split's gold values: sorted, distinct."""
@@ -275,7 +277,9 @@ class SingleLabelClassificationTask(Task):
             task["class_weights"] = list(self.class_weights)
         return task
 
-    def normalize_gold(self, value, names, place, num_words=None, tag_scheme="iob2"):
+    def normalize_gold(self, value, names, place, num_words=None, tag_scheme="iob2", strings_only=False):
+        if strings_only and value is not None and not isinstance(value, (str, list, dict)):
+            raise DataError(f"{place()}: label {_short(value)} ({type(value).__name__}) among string labels")
         if value is None or (isinstance(value, int) and not isinstance(value, bool) and value < 0):
             return ""
         if isinstance(value, float) and math.isnan(value):
@@ -416,7 +420,15 @@ class MultiLabelClassificationTask(Task):
     def gold_labels(self, gold) -> list:
         return list(gold)
 
-    def normalize_gold(self, value, names, place, num_words=None, tag_scheme="iob2"):
+    def feature_problem(self, feature) -> str | None:
+        if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+            return None  # labels joined by label_separator
+        return _label_feature_problem(inner_feature(feature)) if isinstance(feature, LIST_FEATURES) else (
+            _label_feature_problem(feature) or (None if isinstance(feature, datasets.Json) else
+                                                f"holds {feature}, neither lists of labels nor strings to split")
+        )
+
+    def normalize_gold(self, value, names, place, num_words=None, tag_scheme="iob2", strings_only=False):
         if value is None:
             return None
         if isinstance(value, str):
@@ -430,6 +442,8 @@ class MultiLabelClassificationTask(Task):
             raise DataError(f"{place()}: holds {_short(value)}, neither a list of labels nor a string to split")
         labels = []
         for item in value:
+            if strings_only and not isinstance(item, str):
+                raise DataError(f"{place()}: label {_short(item)} ({type(item).__name__}) among string labels")
             if isinstance(item, int) and not isinstance(item, bool) and names is not None:
                 if not 0 <= item < len(names):
                     raise DataError(f"{place()}: label id {item} but only {len(names)} label names")
@@ -575,7 +589,13 @@ class RegressionTask(Task):
     def unknown_labels(self, golds) -> Counter:
         return Counter()
 
-    def normalize_gold(self, value, names, place, num_words=None, tag_scheme="iob2"):
+    def feature_problem(self, feature) -> str | None:
+        numeric = isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint", "float", "double"))
+        if numeric or isinstance(feature, datasets.Json):
+            return None
+        return f"holds {feature}, not numbers (a regression target)"
+
+    def normalize_gold(self, value, names, place, num_words=None, tag_scheme="iob2", strings_only=False):
         if value is None:
             return math.nan
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -703,15 +723,24 @@ class TokenClassificationTask(SingleLabelClassificationTask):
     def missing_gold(self):
         return []
 
-    def normalize_gold(self, value, names, place, num_words=None, tag_scheme="iob2"):
+    def feature_problem(self, feature) -> str | None:
+        if isinstance(feature, datasets.Json):
+            return None  # checked value by value
+        if not isinstance(feature, LIST_FEATURES):
+            return f"holds {feature}, not one tag per word (a list of tags)"
+        return _label_feature_problem(inner_feature(feature))
+
+    def normalize_gold(self, value, names, place, num_words=None, tag_scheme="iob2", strings_only=False):
         if value is None:
             return []
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise DataError(f"{place()}: holds {_short(value)}, not a list of tags (one per word)")
         tags = []
-        for tag in value:
+        for position, tag in enumerate(value, start=1):
             if tag is None:
-                raise DataError(f"{place()}: a null tag; every word needs a tag")
+                raise DataError(f"{place()}: tag {position} is null; every word needs a tag")
+            if (strings_only or isinstance(tag, float)) and not isinstance(tag, str):
+                raise DataError(f"{place()}: tag {position} is {_short(tag)} ({type(tag).__name__}), not a string")
             if isinstance(tag, int) and not isinstance(tag, bool) and names is not None:
                 if not 0 <= tag < len(names):
                     raise DataError(f"{place()}: label id {tag} but only {len(names)} label names")
@@ -824,6 +853,21 @@ def class_order_of(labels, present) -> list:
     return [label for label in class_order(labels, present) if label in present]
 
 
+def inner_feature(feature):
+    """The feature of a list column's items, or the feature itself."""
+    return getattr(feature, "feature", feature)
+
+
+def _label_feature_problem(feature) -> str | None:
+    """The problem of a column (or list item) type meant to hold class labels: strings or integer ids."""
+    if isinstance(feature, (dict, LIST_FEATURES)):
+        return f"holds {feature}, not labels"
+    if isinstance(feature, datasets.Value) and feature.dtype.startswith(("float", "double", "decimal")):
+        return (f"holds {feature.dtype} numbers, not class labels (strings or integer ids); a column of ids with empty "
+                "cells is read as floats: fill them, or use -1 for no label")
+    return None
+
+
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -874,7 +918,6 @@ def tasks_of_config(config) -> list:
 
 __all__ = [
     "MultiLabelClassificationTask",
-    "RESERVED_TASK_NAMES",
     "RegressionTask",
     "SingleLabelClassificationTask",
     "TASK_CLASSES",

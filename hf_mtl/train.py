@@ -1,30 +1,36 @@
 """Train, evaluate and predict with a multi-task model from one JSON config (`run_mtl.py` / `hf-mtl train`).
 
-Reads top to bottom like transformers' `run_ner.py`: arguments -> data -> model -> freezing -> Trainer -> train ->
-evaluate -> predict -> save.
+`main` reads top to bottom like transformers' `run_ner.py`, one named step a line: arguments -> logging and seed ->
+encoder and tokenizer -> data -> model and freezing -> Trainer -> train -> save -> evaluate -> predict -> reports, card
+and push. hf_mtl's settings live in three dataclasses: `ModelArguments`, `DataArguments` and
+`MultiTaskTrainingArguments` (`TrainingArguments` plus freezing, learning-rate groups and gradual unfreezing).
 """
 
 import argparse
 import dataclasses
+import fnmatch
+import glob
 import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import transformers
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
 
 from .configuration_mtl import MultiTaskConfig
 from .data import MultiTaskCollator, prepare_datasets
 from .errors import ConfigError, HfMtlError, ModelError
 from .evaluation import build_compute_metrics, build_preprocess_logits_for_metrics, decode_predictions
 from .hub import push_folder_to_hub
+from .loading import load_multitask_model, load_tokenizer, looks_like_a_path, verify_model_folder
 from .model_card import write_model_card
 from .modeling_mtl import MultiTaskModel
+from .outputs import StagedOutput
 from .pipeline_mtl import add_pipeline_to_folder
+from .preflight import check_config_values, check_run_settings
 from .plots import write_plots
 from .reports import write_predictions_jsonl, write_report
 from .training import (
@@ -72,6 +78,19 @@ class ModelArguments:
     loss_weighting: str | None = field(
         default=None, metadata={"help": "static (loss_weights) or uncertainty (learned); default static, or the trained model's."}
     )
+
+    def __post_init__(self):
+        parse_json_fields(self, "loss_weights")
+
+
+@dataclass
+class MultiTaskTrainingArguments(TrainingArguments):
+    """
+    `TrainingArguments` plus hf_mtl's training-only knobs (freezing, learning-rate groups, gradual unfreezing), as
+    `Seq2SeqTrainingArguments` adds its own: they sit at the top level of the JSON config like every Trainer key, and
+    `training_args.json` records them with the rest.
+    """
+
     freeze_encoder: bool = field(default=False, metadata={"help": "Freeze the whole encoder (train heads only)."})
     freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the embedding layer."})
     freeze_layers: int = field(default=0, metadata={"help": "Freeze the embeddings and the lowest N transformer layers."})
@@ -85,7 +104,8 @@ class ModelArguments:
     layerwise_lr_decay: float | None = field(default=None, metadata={"help": "γ: layer l of L gets lr·γ^(L−l)."})
 
     def __post_init__(self):
-        parse_json_fields(self, "loss_weights", "unfreeze_schedule")
+        super().__post_init__()
+        parse_json_fields(self, "unfreeze_schedule")
 
 
 @dataclass
@@ -112,23 +132,16 @@ class DataArguments:
 
 def parse_arguments(argv):
     """`CONFIG.json [--key value ...]`: the JSON gives the values, `--key value` after it overrides them."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), exit_on_error=False)
+    parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments), exit_on_error=False)
     if not argv or not argv[0].endswith(".json"):
         raise ConfigError("usage: run_mtl.py CONFIG.json [--key value ...]")
     config_path, overrides = argv[0], argv[1:]
-    try:
-        with open(config_path, encoding="utf-8") as config_file:
-            values = json.load(config_file)
-    except FileNotFoundError:
-        raise ConfigError(f"{config_path}: no such config file") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{config_path}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{config_path}: the config must be a JSON object")
+    values = read_config_file(config_path)
     known = {f.name for dataclass_type in parser.dataclass_types for f in dataclasses.fields(dataclass_type)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{config_path}: unknown config keys {unknown}")
+    check_config_values(values, parser, config_path)
     # JSON values become argparse defaults, so command-line `--key value` wins and required keys may come from either.
     parser.set_defaults(**values)
     for action in parser._actions:
@@ -142,11 +155,38 @@ def parse_arguments(argv):
         raise ConfigError(f"command line: {error}") from None
     except SystemExit:
         raise ConfigError(f"command line: bad arguments {overrides}") from None
-    except ValueError as error:  # TrainingArguments' own validation
+    except (ValueError, TypeError) as error:  # TrainingArguments' own validation
         raise ConfigError(f"{config_path}: {error}") from None
     if extra:
         raise ConfigError(f"unknown command-line arguments {extra}")
     return model_args, data_args, training_args
+
+
+def read_config_file(config_path) -> dict:
+    """The run config as a dict; a missing, unreadable, non-UTF-8 or malformed file is one `ConfigError` naming it."""
+    try:
+        with open(config_path, "rb") as config_file:
+            raw = config_file.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{config_path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{config_path}: is a folder, not a config file") from None
+    except OSError as error:
+        raise ConfigError(f"{config_path}: cannot be read ({error.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a byte order mark (Windows editors) is fine
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{config_path}:{line}: not UTF-8 text (byte {raw[error.start]:#04x}); save the config as UTF-8"
+        ) from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{config_path}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config_path}: the config must be a JSON object")
+    return values
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -164,7 +204,7 @@ def resolve_model_path(name_or_path: str) -> str:
         raise ConfigError(f"model_name_or_path: unknown packaged model {name_or_path!r}; known: {sorted(PACKAGED_MODELS)}")
     # A Hub id is `name` or `org/name`; anything else that does not exist would otherwise reach the Hub and fail
     # there with a network or "not a valid model identifier" error instead of naming the missing folder.
-    looks_local = name_or_path.startswith(("/", "./", "../", "~", ".\\")) or name_or_path.count("/") > 1
+    looks_local = looks_like_a_path(name_or_path)
     if looks_local and not os.path.exists(os.path.expanduser(name_or_path)):
         raise ConfigError(f"model_name_or_path: the folder {name_or_path!r} does not exist")
     return os.path.expanduser(name_or_path) if looks_local else name_or_path
@@ -226,7 +266,7 @@ def build_model(model_args, model_path, encoder_config, tasks, previous_config):
             f"pooling: the trained sentence heads were trained on {previous_config.pooling!r} pooling, not "
             f"{config_kwargs['pooling']!r}; drop the key or set reinit_head on those tasks"
         )
-    trained = MultiTaskModel.from_pretrained(model_path, attn_implementation=model_args.attn_implementation)
+    trained = load_multitask_model(model_path, attn_implementation=model_args.attn_implementation)
     config = MultiTaskConfig(encoder=trained.config.encoder.to_dict(), tasks=head_tasks, **config_kwargs)
     config._attn_implementation = trained.config._attn_implementation
     model = MultiTaskModel(config)
@@ -247,9 +287,93 @@ def build_model(model_args, model_path, encoder_config, tasks, previous_config):
 
 
 def main(argv=None):
+    """The run, step by step in `run_ner.py`'s order; each step is a function below."""
     argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, training_args = parse_arguments(argv)
+    output = preflight(argv[0], model_args, data_args, training_args)
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+    fall_back_from_emulated_bf16(training_args)
 
+    with output:  # output_dir locked; after an error it is as it was, plus this run's checkpoints (resumable)
+        model_path, encoder_config, tokenizer, previous_config = load_encoder_and_tokenizer(model_args, data_args)
+        tasks, data = load_data(data_args, training_args, tokenizer, previous_config)
+        train_dataset, eval_dataset, test_dataset, train_mixture = limit_samples(data, data_args)
+
+        model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
+        callbacks = freeze_model(model, training_args)
+        log_run_summary(model_args, training_args, model, tasks, data, previous_config)
+
+        trainer, push_to_hub, hub_model_id = build_trainer(
+            model, training_args, data_args, tokenizer, tasks, train_dataset, eval_dataset, train_mixture, callbacks
+        )
+        metrics = {}
+        if training_args.do_train:
+            metrics["train"] = train(trainer, training_args, train_dataset, train_mixture)
+        decoded = {}
+        for split, dataset, wanted in (("eval", eval_dataset, training_args.do_eval),
+                                       ("test", test_dataset, training_args.do_predict)):
+            if wanted:
+                metrics[split], decoded[split] = evaluate_split(trainer, tasks, split, dataset)
+        results = {key: value for split_metrics in metrics.values() for key, value in split_metrics.items()}
+
+        save_outputs(trainer, output, model, model_args, data_args, training_args, tasks, metrics, decoded, hub_model_id)
+    if trainer.is_world_process_zero():
+        if push_to_hub:
+            push_folder_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo,
+                               token=training_args.hub_token)
+        if "test" in decoded:
+            print_test_metrics(results, tasks)
+    return results
+
+
+def preflight(config_path, model_args, data_args, training_args) -> StagedOutput:
+    """Every setting checked before anything is read or written (`hf_mtl.preflight`); the run's output folder."""
+    check_run_settings(model_args, data_args, training_args)
+    output = StagedOutput(
+        training_args.output_dir, inputs=[config_path, *run_inputs(model_args, data_args, training_args)],
+        carry=TRAINER_ENTRIES, resumable=("checkpoint-*",), replaceable=is_run_folder, what="an hf_mtl run folder",
+        where="output_dir", writer=training_args.should_save, commit_on_exit=False,
+    )
+    output.check()
+    return output
+
+
+# What Trainer writes into output_dir while it trains: kept when the finished run replaces the folder.
+TRAINER_ENTRIES = ("checkpoint-*", "runs")
+
+
+def run_inputs(model_args, data_args, training_args) -> list:
+    """The local paths a run reads: the model, the data sets' paths and files, the checkpoint it resumes from."""
+    paths = [resolve_model_path(model_args.model_name_or_path)]
+    for spec in data_args.datasets.values():
+        folder = spec.get("path") if spec.get("path") and os.path.isdir(spec["path"]) else "."
+        files = spec.get("splits") if spec.get("splits") is not None else spec.get("data_files")
+        if spec.get("path") and not files:  # a data file, or a folder the reader searches
+            paths.append(spec["path"])
+        entries = files.values() if isinstance(files, dict) else [files] if files else []
+        for entry in entries:  # a split's file name, glob or list of them
+            for name in [entry] if isinstance(entry, str) else entry:
+                paths += glob.glob(os.path.join(folder, name))
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume not in ("true", "True", "false", "False", ""):
+        paths.append(resume)
+    return paths
+
+
+def is_run_folder(folder) -> bool:
+    """An earlier run's output_dir, which a new run may replace: a finished run (an hf_mtl `config.json`) or an
+    interrupted one (only checkpoints)."""
+    if all(any(fnmatch.fnmatch(entry, pattern) for pattern in TRAINER_ENTRIES) for entry in os.listdir(folder)):
+        return True
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            return json.load(handle).get("model_type") == MultiTaskConfig.model_type
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def setup_logging(training_args):
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],
@@ -260,26 +384,32 @@ def main(argv=None):
     if training_args.log_level == "passive":
         log_level = logging.INFO if training_args.should_log else logging.WARNING
     logging.getLogger("hf_mtl").setLevel(log_level)
-    set_seed(training_args.seed)
-    fall_back_from_emulated_bf16(training_args)
 
-    # ---- data ----------------------------------------------------------------------------------------------------
+
+def load_encoder_and_tokenizer(model_args, data_args):
+    """(local path, encoder config, tokenizer, config of a trained hf_mtl folder or None)."""
     model_path = resolve_model_path(model_args.model_name_or_path)
     try:
         encoder_config = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError) as error:
         raise ModelError(f"model_name_or_path: cannot load {model_args.model_name_or_path!r}: {error}") from None
     encoder_config = getattr(encoder_config, "encoder", encoder_config)  # an hf_mtl folder nests its encoder's config
+    previous_config = trained_config(model_path)
+    if previous_config is not None:
+        verify_model_folder(model_path)  # its config and weights files, before any data is read
     # Byte-level BPE tokenizers need a prefix space to take pre-split words (as in run_ner.py).
     prefix_space = {"add_prefix_space": True} if encoder_config.model_type in {"roberta", "deberta", "gpt2", "bloom"} else {}
-    tokenizer = AutoTokenizer.from_pretrained(model_path, **prefix_space)
-    previous_config = trained_config(model_path)
+    tokenizer = load_tokenizer(model_path, encoder_config, **prefix_space)
     max_positions = getattr(encoder_config, "max_position_embeddings", None)
     if max_positions is not None and encoder_config.model_type in {"roberta", "xlm-roberta", "camembert"}:
         max_positions -= encoder_config.pad_token_id + 1  # their position ids start after the padding index
     if max_positions is not None and data_args.max_seq_length > max_positions:
         raise ConfigError(f"max_seq_length: {data_args.max_seq_length} is above the encoder's limit of {max_positions}")
+    return model_path, encoder_config, tokenizer, previous_config
 
+
+def load_data(data_args, training_args, tokenizer, previous_config):
+    """The tasks, resolved once (labels, class weights, target scale: `prepare_datasets`), and the encoded splits."""
     splits = [name for name, wanted in (("train", training_args.do_train), ("validation", training_args.do_eval),
                                          ("test", training_args.do_predict)) if wanted]
     with training_args.main_process_first(desc="dataset preprocessing"):
@@ -291,7 +421,17 @@ def main(argv=None):
             seed=training_args.seed, num_proc=data_args.preprocessing_num_workers, splits=tuple(splits),
             trained_tasks={task["name"]: task for task in previous_config.tasks} if previous_config else None,
         )
-    tasks = data.tasks
+    # Trainer would only fail after training (a TypeError in evaluation) on a split that is not there.
+    if training_args.do_eval and data.validation is None:
+        raise ConfigError("do_eval: no data set of this run has a validation split; add one, set "
+                          "validation_split_percentage above 0 (carved from train) or set do_eval false")
+    if training_args.do_predict and data.test is None:
+        raise ConfigError("do_predict: no data set of this run has a test split; add one or set do_predict false")
+    return data.tasks, data
+
+
+def limit_samples(data, data_args):
+    """(train, validation, test, train mixture), truncated by `max_train_samples` / `max_eval_samples`."""
     train_dataset, eval_dataset, test_dataset = data.train, data.validation, data.test
     train_mixture = data.train_mixture
     if data_args.max_train_samples is not None and train_mixture is not None:
@@ -305,28 +445,28 @@ def main(argv=None):
     if data_args.max_eval_samples is not None:
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset)))) if eval_dataset else None
         test_dataset = test_dataset.select(range(min(data_args.max_eval_samples, len(test_dataset)))) if test_dataset else None
+    return train_dataset, eval_dataset, test_dataset, train_mixture
 
-    # ---- model and freezing ----------------------------------------------------------------------------------------
-    model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
+
+def freeze_model(model, training_args) -> list:
+    """Freeze what the config freezes; the callbacks of gradual unfreezing, if scheduled."""
     apply_freezing(
-        model, freeze_encoder=model_args.freeze_encoder, freeze_embeddings=model_args.freeze_embeddings,
-        freeze_layers=model_args.freeze_layers, freeze_heads=model_args.freeze_heads or (),
+        model, freeze_encoder=training_args.freeze_encoder, freeze_embeddings=training_args.freeze_embeddings,
+        freeze_layers=training_args.freeze_layers, freeze_heads=training_args.freeze_heads or (),
     )
     if training_args.do_train and not any(parameter.requires_grad for parameter in model.parameters()):
         raise ConfigError("the whole network is frozen: run with do_eval/do_predict only (do_train false)")
-    callbacks = []
-    if model_args.unfreeze_schedule:
-        schedule = dict(model_args.unfreeze_schedule)
-        unknown = set(schedule) - {"start_frozen_layers", "unfreeze_every_steps", "unfreeze_every_epochs"}
-        if unknown or "start_frozen_layers" not in schedule:
-            raise ConfigError(f"unfreeze_schedule: needs start_frozen_layers and one of unfreeze_every_steps/_epochs; "
-                              f"unknown keys {sorted(unknown)}")
-        num_layers = len(encoder_layers(model.encoder))
-        if not 0 < schedule["start_frozen_layers"] <= num_layers:
-            raise ConfigError(f"unfreeze_schedule.start_frozen_layers: {schedule['start_frozen_layers']} is outside "
-                              f"1..{num_layers} (the encoder has {num_layers} layers)")
-        callbacks.append(GradualUnfreezingCallback(**schedule))
+    if not training_args.unfreeze_schedule:
+        return []
+    schedule = dict(training_args.unfreeze_schedule)  # its keys and values were checked in the preflight
+    num_layers = len(encoder_layers(model.encoder))
+    if not 0 < schedule["start_frozen_layers"] <= num_layers:
+        raise ConfigError(f"unfreeze_schedule.start_frozen_layers: {schedule['start_frozen_layers']} is outside "
+                          f"1..{num_layers} (the encoder has {num_layers} layers)")
+    return [GradualUnfreezingCallback(**schedule)]
 
+
+def log_run_summary(model_args, training_args, model, tasks, data, previous_config):
     logger.info("\n".join(
         [f"hf_mtl run: world size {training_args.world_size}, device {training_args.device}",
          f"model: {model_args.model_name_or_path} ({'trained hf_mtl model' if previous_config else 'new heads'})"]
@@ -335,7 +475,10 @@ def main(argv=None):
         + ["parameters:"] + parameter_summary(model)
     ))
 
-    # ---- Trainer ---------------------------------------------------------------------------------------------------
+
+def build_trainer(model, training_args, data_args, tokenizer, tasks, train_dataset, eval_dataset, train_mixture,
+                  callbacks):
+    """(trainer, whether to push at the end, the Hub id to push to)."""
     # We push ourselves at the end: Trainer would create the repo in __init__ and replace our model card with its own.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     hub_model_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
@@ -353,59 +496,61 @@ def main(argv=None):
         callbacks=callbacks,
         train_mixture=train_mixture,
         optimizer_groups_kwargs=dict(
-            encoder_learning_rate=model_args.encoder_learning_rate,
-            head_learning_rate=model_args.head_learning_rate,
-            layerwise_lr_decay=model_args.layerwise_lr_decay,
+            encoder_learning_rate=training_args.encoder_learning_rate,
+            head_learning_rate=training_args.head_learning_rate,
+            layerwise_lr_decay=training_args.layerwise_lr_decay,
         ),
     )
+    return trainer, push_to_hub, hub_model_id
 
-    results = {}
-    if training_args.do_train:
-        checkpoint = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = train_result.metrics
-        metrics["train_samples"] = train_mixture.rows_per_epoch if train_mixture is not None else len(train_dataset)
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        results.update(metrics)
-    trainer.save_model()  # the final model: weights, config, code files, tokenizer
-    if trainer.is_world_process_zero():
-        # The final folder is meant for the Hub: the arguments as JSON instead of Trainer's pickle.
-        with open(os.path.join(training_args.output_dir, "training_args.json"), "w", encoding="utf-8") as handle:
-            handle.write(training_args.to_json_string())
-        pickled_args = os.path.join(training_args.output_dir, "training_args.bin")
-        if os.path.exists(pickled_args):
-            os.remove(pickled_args)
 
-    decoded = {}
-    for split, dataset, wanted in (("eval", eval_dataset, training_args.do_eval), ("test", test_dataset, training_args.do_predict)):
-        if not wanted:
-            continue
-        trainer.compute_metrics = build_compute_metrics(tasks, dataset)
-        prediction = trainer.predict(dataset, metric_key_prefix=split)
-        metrics = prediction.metrics
-        metrics[f"{split}_samples"] = len(dataset)
-        trainer.log_metrics(split, metrics)
-        trainer.save_metrics(split, metrics)
-        results.update(metrics)
-        decoded[split] = decode_predictions(tasks, prediction.predictions, dataset)
+def train(trainer, training_args, train_dataset, train_mixture) -> dict:
+    checkpoint = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
+    metrics["train_samples"] = train_mixture.rows_per_epoch if train_mixture is not None else len(train_dataset)
+    trainer.log_metrics("train", metrics)
+    return metrics
 
-    if trainer.is_world_process_zero():
-        write_run_outputs(training_args.output_dir, tasks, decoded, trainer.state.log_history)
-        add_pipeline_to_folder(training_args.output_dir)
-        write_model_card(
-            training_args.output_dir, config=model.config, base_model=model_args.model_name_or_path,
-            datasets=data_args.datasets, training_settings=training_settings(model.config, model_args, data_args, training_args),
-            eval_metrics=results if "eval" in decoded else None, test_metrics=results if "test" in decoded else None,
-            hub_model_id=hub_model_id, task_datasets={task.name: task.dataset for task in tasks},
-        )
-        if push_to_hub:
-            push_folder_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo,
-                               token=training_args.hub_token)
-    if "test" in decoded and trainer.is_world_process_zero():
-        print_test_metrics(results, tasks)
-    return results
+
+def evaluate_split(trainer, tasks, split, dataset) -> tuple:
+    """(metrics, decoded predictions) of one split, `eval` or `test`."""
+    trainer.compute_metrics = build_compute_metrics(tasks, dataset)
+    prediction = trainer.predict(dataset, metric_key_prefix=split)
+    metrics = prediction.metrics
+    metrics[f"{split}_samples"] = len(dataset)
+    trainer.log_metrics(split, metrics)
+    return metrics, decode_predictions(tasks, prediction.predictions, dataset)
+
+
+def save_outputs(trainer, output, model, model_args, data_args, training_args, tasks, metrics, decoded, hub_model_id):
+    """
+    Everything the finished run leaves (model, tokenizer, code, arguments, results, state, reports, plots, card),
+    written into the staging folder beside output_dir, which then replaces output_dir at once (`StagedOutput`).
+    """
+    trainer.save_model(output.path)  # on every process (FSDP and DeepSpeed gather the weights); the main one writes
+    if not trainer.is_world_process_zero():
+        return
+    output_dir, training_args.output_dir = training_args.output_dir, str(output.path)
+    try:  # Trainer's save_metrics / save_state write into args.output_dir
+        for split, split_metrics in metrics.items():
+            trainer.save_metrics(split, split_metrics)
+        if "train" in metrics:
+            trainer.save_state()
+    finally:
+        training_args.output_dir = output_dir
+    # The folder is meant for the Hub: the arguments as JSON instead of Trainer's pickle.
+    (output.path / "training_args.bin").unlink(missing_ok=True)
+    (output.path / "training_args.json").write_text(training_args.to_json_string(), encoding="utf-8")
+    write_run_outputs(output.path, tasks, decoded, trainer.state.log_history)
+    results = {key: value for split_metrics in metrics.values() for key, value in split_metrics.items()}
+    add_pipeline_to_folder(output.path)
+    write_model_card(
+        output.path, config=model.config, base_model=model_args.model_name_or_path,
+        datasets=data_args.datasets, training_settings=training_settings(model.config, data_args, training_args),
+        eval_metrics=results if "eval" in decoded else None, test_metrics=results if "test" in decoded else None,
+        hub_model_id=hub_model_id, task_datasets={task.name: task.dataset for task in tasks},
+    )
+    output.commit()
 
 
 def write_run_outputs(output_dir, tasks, decoded, log_history):
@@ -418,14 +563,14 @@ def write_run_outputs(output_dir, tasks, decoded, log_history):
     write_plots(output_dir, tasks=tasks, decoded=decoded.get(split), split_name=split, log_history=log_history)
 
 
-def training_settings(model_config, model_args, data_args, training_args) -> dict:
+def training_settings(model_config, data_args, training_args) -> dict:
     """What the model card reports about how the model was trained."""
     settings = {
         "epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else f"{training_args.max_steps} steps",
         "learning_rate": training_args.learning_rate,
-        "encoder_learning_rate": model_args.encoder_learning_rate,
-        "head_learning_rate": model_args.head_learning_rate,
-        "layerwise_lr_decay": model_args.layerwise_lr_decay,
+        "encoder_learning_rate": training_args.encoder_learning_rate,
+        "head_learning_rate": training_args.head_learning_rate,
+        "layerwise_lr_decay": training_args.layerwise_lr_decay,
         "batch_size": training_args.per_device_train_batch_size * training_args.world_size
         * training_args.gradient_accumulation_steps,
         "max_seq_length": data_args.max_seq_length,
@@ -433,11 +578,11 @@ def training_settings(model_config, model_args, data_args, training_args) -> dic
         "loss_weighting": model_config.loss_weighting,
         "loss_weights": model_config.loss_weights or None,
         "pooling": model_config.pooling,
-        "freeze_encoder": model_args.freeze_encoder or None,
-        "freeze_embeddings": model_args.freeze_embeddings or None,
-        "freeze_layers": model_args.freeze_layers or None,
-        "freeze_heads": model_args.freeze_heads,
-        "unfreeze_schedule": model_args.unfreeze_schedule,
+        "freeze_encoder": training_args.freeze_encoder or None,
+        "freeze_embeddings": training_args.freeze_embeddings or None,
+        "freeze_layers": training_args.freeze_layers or None,
+        "freeze_heads": training_args.freeze_heads,
+        "unfreeze_schedule": training_args.unfreeze_schedule,
         "bf16": training_args.bf16 or None,
         "seed": training_args.seed,
     }

@@ -83,6 +83,9 @@ def test_freezing_is_exact_parameter_by_parameter(tmp_path, trained_start, data_
         assert torch.equal(before[name], after[name]), f"{name} changed although frozen"
     for name in trained:
         assert not torch.equal(before[name], after[name]), f"{name} did not change although trainable"
+    recorded = json.loads((tmp_path / "out" / "training_args.json").read_text())  # MultiTaskTrainingArguments
+    assert recorded["freeze_layers"] == 1 and recorded["freeze_heads"] == ["topic"]
+    assert recorded["freeze_encoder"] is False and recorded["head_learning_rate"] is None
 
 
 def test_everything_frozen_with_do_train_is_an_error_and_writes_nothing(tmp_path, trained_start, data_dir):
@@ -111,6 +114,8 @@ def test_gradual_unfreezing_releases_top_layers_first(tmp_path, trained_start, d
             assert not changed, name
         elif name.startswith(("encoder.encoder.layer.1.", "heads.")):
             assert changed, name
+    recorded = json.loads((tmp_path / "out" / "training_args.json").read_text())
+    assert recorded["unfreeze_schedule"] == {"start_frozen_layers": 2, "unfreeze_every_steps": 3}
 
 
 def test_layerwise_learning_rates_and_no_decay_groups(trained_start):
@@ -186,7 +191,7 @@ def test_command_line_overrides_the_json_and_unknown_keys_are_named(tmp_path, en
         [str(path), "--num_train_epochs", "7", "--output_dir", str(tmp_path / "other"), "--freeze_layers", "1"]
     )
     assert training_args.num_train_epochs == 7 and training_args.output_dir == str(tmp_path / "other")
-    assert model_args.freeze_layers == 1 and data_args.max_seq_length == 32
+    assert training_args.freeze_layers == 1 and data_args.max_seq_length == 32
 
     path.write_text(json.dumps(dict(config, freeze_everything=True)))
     with pytest.raises(ConfigError, match="freeze_everything"):

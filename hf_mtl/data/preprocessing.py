@@ -7,10 +7,9 @@ from bisect import bisect_right
 import datasets
 
 from ..errors import ConfigError, DataError
-from ..tasks import IGNORE_INDEX, STRINGS
+from ..tasks import IGNORE_INDEX, LIST_FEATURES, STRINGS, inner_feature
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-LIST_FEATURES = (datasets.List, datasets.Sequence, datasets.LargeList)
 
 
 def check_fast_tokenizer(tokenizer):
@@ -23,7 +22,7 @@ def check_fast_tokenizer(tokenizer):
 
 def class_label_names(feature):
     """The names of a `ClassLabel` column or of a list-of-`ClassLabel` column, else None."""
-    feature = getattr(feature, "feature", feature)
+    feature = inner_feature(feature)
     return feature.names if isinstance(feature, datasets.ClassLabel) else None
 
 
@@ -61,6 +60,13 @@ def check_columns(dataset: datasets.Dataset, tasks, wheres: dict, dataset_name: 
                     f"({wheres[task.name]}.{key}) holds {feature}, not word lists; for raw text set "
                     + ("text_pair_column" if key == "tokens_pair_column" else "text_column")
                 )
+        # Values are never coerced: a list used as one label would become a class named "['B-MISC', 'O']".
+        problem = task.feature_problem(dataset.features[task.target_column])
+        if problem:
+            raise DataError(
+                f"data set {dataset_name!r}, split {split!r}: column {task.target_column!r} "
+                f"({wheres[task.name]}.{task.target_key}) {problem}"
+            )
 
 
 def normalized_features(input_kind: str, has_pair: bool, tasks) -> datasets.Features:
@@ -83,6 +89,8 @@ def normalize_split(dataset, tasks, wheres, *, dataset_name, split, tag_scheme="
     input_kind, input_column, pair_column = tasks[0].input_columns
     first, second = input_names(input_kind)
     names = {task.name: class_label_names(dataset.features[task.target_column]) or task.labels for task in tasks}
+    # A JSON column whose values mix kinds (strings and numbers) has the `Json` feature: its labels must all be strings.
+    mixed = {task.name: isinstance(inner_feature(dataset.features[task.target_column]), datasets.Json) for task in tasks}
     pair_key = "text_pair_column" if input_kind == "text" else "tokens_pair_column"
 
     def place(index, field):
@@ -94,9 +102,10 @@ def normalize_split(dataset, tasks, wheres, *, dataset_name, split, tag_scheme="
         if input_kind == "text":
             return value or ""
         words = list(value or [])
-        for word in words:
+        for position, word in enumerate(words, start=1):
             if not isinstance(word, str):
-                raise DataError(f"{place(index, f'{key} {column!r}')}: {word!r} in the word list is not a string")
+                what = "null" if word is None else f"{word!r} ({type(word).__name__})"
+                raise DataError(f"{place(index, f'{key} {column!r}')}: word {position} is {what}, not a string")
         return words
 
     def normalize(batch, indices):
@@ -116,7 +125,7 @@ def normalize_split(dataset, tasks, wheres, *, dataset_name, split, tag_scheme="
                 column.append(
                     task.normalize_gold(
                         value, names[task.name], lambda index=index: place(index, field), num_words=num_words,
-                        tag_scheme=tag_scheme,
+                        tag_scheme=tag_scheme, strings_only=mixed[task.name],
                     )
                 )
             output[f"{task.name}_gold"] = column

@@ -5,6 +5,7 @@ own columns. Split names come out as `train`, `validation` and `test`.
 """
 
 import glob
+import json
 import logging
 from pathlib import Path
 
@@ -256,12 +257,36 @@ def read_with_builder(name: str, fmt: str, paths: dict[str, list[Path]], column_
     try:
         loaded = datasets.load_dataset("csv" if fmt in DELIMITED else fmt, data_files=data_files, **kwargs)
     except Exception as err:
+        # pyarrow counts JSON rows from the start of a block and skips blank lines: name the file and line instead.
+        located = next(filter(None, map(json_syntax_error, sum(paths.values(), [])))) if fmt == "json" else None
         cause = err.__cause__ or err
-        raise DataError(f"data set {name!r}: cannot read {data_files} as {fmt}: {cause}") from err
+        raise DataError(located or f"data set {name!r}: cannot read {data_files} as {fmt}: {cause}") from err
     if fmt == "json":
         # Row i of a JSON Lines split is its i-th non-blank line: errors can then name file:line.
         loaded.source_files = {split: list(files) for split, files in paths.items()}
     return loaded
+
+
+def json_syntax_error(path: Path) -> str | None:
+    """`file:line:column: ...` of the first JSON error of a JSON document or a JSON Lines file; None if it has none."""
+    lines = list(iter_text_lines(path))
+    try:
+        json.loads("\n".join(lines))
+        return None  # one JSON document
+    except json.JSONDecodeError as error:
+        whole = f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}"
+    if not next((line for line in lines if line.strip()), "").lstrip().startswith("{"):
+        return whole
+    for number, line in enumerate(lines, start=1):  # JSON Lines: one object a line
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"{path}:{number}:{error.colno}: not valid JSON: {error.msg}"
+        if not isinstance(value, dict):
+            return f"{path}:{number}: a JSON Lines row must be an object, got {type(value).__name__} {line.strip()[:40]}"
+    return None
 
 
 def json_lines_location(files: list, index: int) -> str | None:

@@ -19,7 +19,9 @@ def sampling_probabilities(
     """Share of each data set in an epoch: p ∝ n (proportional), p ∝ n^(1/T) (temperature) or p = 1/k (uniform)."""
     if strategy not in SAMPLING_STRATEGIES:
         raise ConfigError(f"task_sampling: {strategy!r} is not one of {', '.join(SAMPLING_STRATEGIES)}")
-    if strategy == "temperature" and not (isinstance(temperature, (int, float)) and temperature > 0):
+    if strategy == "temperature" and not (
+        isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
+    ):
         raise ConfigError(f"sampling_temperature: a number > 0 is required, got {temperature!r}")
     if not sizes or any(size <= 0 for size in sizes.values()):
         raise ConfigError(f"task_sampling: every data set needs train examples to be sampled, got sizes {sizes}")
