@@ -30,7 +30,7 @@ KIND_TASKS = [
      "labels": ["x", "y", "z"], "pos_weight": [1.0, 3.0, 0.5], "threshold": 0.4},
     {"name": "score", "type": "sequence_classification", "problem_type": "regression", "target_mean": 2.5,
      "target_std": 1.5},
-    {"name": "tags", "type": "token_classification", "labels": ["O", "B-X", "I-X"], "crf": True},
+    {"name": "slots", "type": "token_classification", "labels": ["O", "B-X", "I-X"], "crf": True},
 ]
 INPUT_IDS = torch.tensor([[101, 2054, 2003, 1037, 3231, 102], [101, 7592, 2088, 102, 0, 0], [101, 2307, 102, 0, 0, 0]])
 ATTENTION = (INPUT_IDS != 0).long()
@@ -74,15 +74,15 @@ def test_crf_loss_is_the_negative_log_likelihood_per_word(model):
     labels = torch.tensor([[-100, 1, 2, -100, 0, -100], [-100, 0, 1, -100, -100, -100], [-100] * 6])
     starts = torch.tensor([[0, 1, 1, 0, 1, 0], [0, 1, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0]])
     with torch.no_grad():
-        output = model(input_ids=INPUT_IDS, attention_mask=ATTENTION, word_start_mask=starts, tags_labels=labels)
-        emissions = output.logits["tags"]
-        crf = model.heads["tags"].crf
+        output = model(input_ids=INPUT_IDS, attention_mask=ATTENTION, word_start_mask=starts, slots_labels=labels)
+        emissions = output.logits["slots"]
+        crf = model.heads["slots"].crf
         first = crf.log_likelihood(emissions[0:1, [1, 2, 4]], torch.tensor([[1, 2, 0]]), torch.ones(1, 3, dtype=torch.bool))
         second = crf.log_likelihood(emissions[1:2, [1, 2]], torch.tensor([[0, 1]]), torch.ones(1, 2, dtype=torch.bool))
     # row 2 has a word but no gold tags: no label, left out
-    assert output.task_losses["tags"].item() == pytest.approx(-(first + second).item() / 5, rel=1e-5)
+    assert output.task_losses["slots"].item() == pytest.approx(-(first + second).item() / 5, rel=1e-5)
     # evaluation mode with word starts: Viterbi tags at the word starts, -100 elsewhere
-    predicted = output.predictions["tags"]
+    predicted = output.predictions["slots"]
     assert predicted.shape == (3, 6) and (predicted[starts == 0] == -100).all() and (predicted[starts == 1] >= 0).all()
     # BIO: I-X never right after O or at the start
     for row in range(3):
@@ -96,10 +96,10 @@ def test_absent_labels_add_exactly_zero_for_every_kind(model):
         output = model(input_ids=INPUT_IDS, attention_mask=ATTENTION,
                        single_labels=torch.tensor([0, 2, -100]),
                        multi_labels=torch.full((3, 3), -100.0), score_labels=torch.full((3,), float("nan")),
-                       tags_labels=torch.full((3, 6), -100))
-        assert [output.task_losses[name].item() for name in ("multi", "score", "tags")] == [0.0, 0.0, 0.0]
+                       slots_labels=torch.full((3, 6), -100))
+        assert [output.task_losses[name].item() for name in ("multi", "score", "slots")] == [0.0, 0.0, 0.0]
         output.loss.backward()
-        crf = model.heads["tags"].crf
+        crf = model.heads["slots"].crf
         assert crf.transitions.grad is not None and not crf.transitions.grad.any()  # in the graph, gradient 0
         assert not model.heads["multi"].classifier.weight.grad.any()
         assert model.heads["single"].classifier.weight.grad.any()
@@ -193,7 +193,7 @@ def test_multi_label_columns_as_lists_and_separated_strings(tmp_path, tokenizer)
         ([{"text": "a", "y": ["p"]}, {"text": "b", "y": []}],
          {"problem_type": "multi_label_classification", "label_column": "y"}, DataError, r"train.jsonl:2 .*an empty label list"),
         ([{"text": "a", "y": ["p", "q"]}, {"text": "b", "y": ["q"]}], {"label_column": "y"},
-         DataError, r"train.jsonl:1 .*not one label; .*multi_label_classification"),
+         DataError, r"column 'y' \(tasks\[0\].label_column\) holds lists of labels.*multi_label_classification"),
         ([{"text": "a", "b": "c", "y": 1}, {"text": "b", "b": "", "y": 0}], {"text_pair_column": "b", "label_column": "y"},
          DataError, r"train.jsonl:2 .*text_pair_column 'b'.*second input of the pair is empty"),
         ([{"text": "a", "y": 1}], {"text_pair_column": "b", "label_column": "y"},
