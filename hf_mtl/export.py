@@ -12,14 +12,17 @@ from .errors import ConfigError, ModelError
 from .pipeline_mtl import max_input_length
 
 
-def load_multitask(model_dir: str):
-    """The `MultiTaskModel` and fast tokenizer of a saved folder or Hub id; a `ModelError` naming it if unusable."""
+def load_multitask(model_dir: str, **load_kwargs):
+    """
+    The `MultiTaskModel` and fast tokenizer of a saved folder or Hub id; a `ModelError` naming it if unusable.
+    `load_kwargs` go to `AutoModel.from_pretrained` (e.g. `attn_implementation`, `dtype`).
+    """
     model_dir = str(model_dir)
     looks_like_a_path = os.path.isabs(model_dir) or model_dir.startswith(".") or model_dir.count("/") > 1
     if looks_like_a_path and not os.path.isdir(model_dir):
         raise ModelError(f"model {model_dir}: no such folder")
     try:
-        model = AutoModel.from_pretrained(model_dir)
+        model = AutoModel.from_pretrained(model_dir, **load_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as error:
         raise ModelError(f"model {model_dir}: cannot load a model and tokenizer from it ({error})") from error
