@@ -9,9 +9,12 @@ import pytest
 from conftest import REPO_ROOT, SHARED_DATA
 
 SPEED = REPO_ROOT / "bench" / "speed.py"
-INFERENCE = ["hf_mtl_pipeline_default", "hf_mtl_pipeline_fp32", "hf_mtl_pipeline_bf16", "hf_two_models_fp32",
+INFERENCE = ["hf_mtl_pipeline_default", "hf_mtl_pipeline_fp32", "hf_mtl_pipeline_bf16", "hf_mtl_compiled_fp32",
+             "hf_mtl_compiled_bf16", "hf_mtl_onnx_fp32", "hf_mtl_onnx_int8", "hf_two_models_fp32",
              "hf_two_models_bf16", "hf_pipelines_fp32", "hf_pipelines_bf16"]
-TRAINING = ["hf_mtl_joint_fp32", "hf_mtl_joint_bf16", "hf_two_models_fp32", "hf_two_models_bf16"]
+TRAINING = [f"{method}_{precision}" for precision in ("fp32", "bf16") for method in
+            ("hf_mtl_joint", "hf_mtl_joint_foreach_adamw", "hf_mtl_joint_fused_adamw", "hf_mtl_joint_compiled",
+             "hf_two_models")]
 BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
 
 
@@ -25,9 +28,10 @@ def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_e
         pytest.skip(f"real data not found at {SHARED_DATA} (only present in the project's own checkouts)")
     out, markdown = tmp_path / "out" / "speed.json", tmp_path / "BENCHMARKS.md"
     markdown.write_text("# Benchmarks\n\nQuality intro.\n\n## Results\n\nkept as it is\n", encoding="utf-8")
-    args = ("--smoke", "--threads", "1", "--model", tiny_encoder, "--out", out, "--markdown", markdown)
+    args = ("--smoke", "--threads", "1", "--model", tiny_encoder, "--out", out, "--markdown", markdown,
+            "--export-dir", tmp_path / "export")
 
-    done = run_speed(*args, "--profile")
+    done = run_speed(*args, "--backends", "torch,compiled,onnx", "--profile")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["smoke"] is True and result["environment"]["torch_threads"] == 1
@@ -41,10 +45,18 @@ def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_e
         assert "error" not in row, (key, row.get("error"))
         assert row["sentences"] > 0 and row["sentences_per_second"] > 0, key
         assert row["computed_tokens"] >= row["real_tokens"] > 0, key
-        assert row["model_gflops"] > 0 and 0 < row["share_of_peak"], key
-        assert row["peak_rss_mib"] > 0, key
+        assert row["model_gflops"] > 0, key
+        # int8 has no measured peak to divide by
+        assert (row["share_of_peak"] is None) if row["precision"] == "int8" else (row["share_of_peak"] > 0), key
+        assert row["peak_rss_mib"] > 0 and row["load_seconds"] > 0 and row["first_call_seconds"] > 0, key
+        assert ("first_call_seconds_warm_cache" in row) is key.startswith("hf_mtl_compiled"), key
     # Two stock models compute twice the FLOPs of one joint pass over the same tokens.
     assert inference["hf_two_models_fp32"]["model_gflop"] > inference["hf_mtl_pipeline_fp32"]["model_gflop"]
+    # Every backend gets the same padded batches from the shared preprocessing, so the same tokens and FLOPs.
+    for key in ("hf_mtl_compiled_fp32", "hf_mtl_onnx_fp32", "hf_mtl_onnx_int8"):
+        for field in ("computed_tokens", "real_tokens", "forward_passes", "model_gflop"):
+            assert inference[key][field] == inference["hf_mtl_pipeline_fp32"][field], (key, field)
+    assert result["export"]["file_mib"].keys() == {"model.onnx", "model_int8.onnx"}
 
     for name, ratio in result["ratios"].items():
         ours, theirs = inference[ratio["ours"]], inference[ratio["theirs"]]
@@ -59,8 +71,11 @@ def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_e
     padding = result["padding"]
     assert padding["pad_to_128"] > padding["training_group_by_length_32"] >= 1
     assert padding["inference_length_sorted_64"] >= 1
-    assert "skipped" in result["bf16_accuracy"]
-    assert "self CPU" in (out.parent / "speed_profile.txt").read_text()
+    assert all(row["first_step_seconds"] > 0 for row in result["training"].values())
+    assert "skipped" in result["bf16_accuracy"] and result["backend_accuracy"] == []
+    profile = (out.parent / "speed_profile.txt").read_text()
+    assert "self CPU" in profile and "ONNX Runtime: operator kernel time" in profile
+    assert profile.count("\n== ") == 5 and "== hf_mtl_onnx_int8 (" in profile  # default, torch, compiled, 2 onnx
 
     first = markdown.read_text(encoding="utf-8")
     assert first.count(BEGIN) == 1 and first.count(END) == 1 and first.count("## Speed") == 1
@@ -68,7 +83,7 @@ def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_e
     section = first[first.index(BEGIN):first.index(END)]
     assert "| hf_two_models | fp32 |" in section and "| hf_mtl_joint | bf16 |" in section
 
-    again = run_speed(*args)
+    again = run_speed(*args, "--backends", "torch")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     second = markdown.read_text(encoding="utf-8")
     assert second.count(BEGIN) == 1 and second.count(END) == 1 and second.count("## Speed") == 1
