@@ -1,8 +1,8 @@
 """Speed benchmark of hf_mtl: inference and training throughput against stock transformers, side by side in one run.
 
-    python bench/speed.py                               # the full benchmark (a quiet machine; ~20 min on 2 cores)
+    python bench/speed.py                               # the full benchmark (a quiet machine; roughly 40+ min on 2 cores)
     python bench/speed.py --threads 1                   # the same on one torch/OpenMP thread
-    python bench/speed.py --trained-model bench/runs/snips_mtl_seed2   # + dev accuracy fp32 vs bf16 of that model
+    python bench/speed.py --trained-model bench/runs/snips_mtl_seed2   # + accuracy per backend and precision
     python bench/speed.py --profile                     # + bench/results/speed_profile.txt (torch.profiler, cProfile)
     python bench/speed.py --smoke --model DIR --out tmp/speed.json --markdown tmp/BENCHMARKS.md   # CI, seconds
     python bench/speed.py --backends torch,onnx         # only these pipeline backends (default: every installed one)
