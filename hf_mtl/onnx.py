@@ -77,7 +77,7 @@ def export_onnx(model_dir: str, output_dir: str, quantize: str | None = None) ->
     model, tokenizer = load_multitask(model_dir, attn_implementation="eager", dtype=torch.float32)
     crf_tasks = [task["name"] for task in model.config.tasks if task.get("crf")]
     if crf_tasks:
-        raise ConfigError(
+        raise ModelError(
             f"model {model_dir}: tasks {crf_tasks} decode with a CRF, whose transitions the ONNX export does not "
             "carry yet; serve this model with the torch backend"
         )
@@ -106,6 +106,8 @@ def export_onnx(model_dir: str, output_dir: str, quantize: str | None = None) ->
         with open(staging / "config.json", "w", encoding="utf-8") as writer:
             writer.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
         output.mkdir(exist_ok=True)
+        for name in (ONNX_FILE, ONNX_INT8_FILE):  # no graph of an earlier export stays beside this one
+            (output / name).unlink(missing_ok=True)
         for path in staging.iterdir():
             target = output / path.name
             if target.is_dir():

@@ -371,23 +371,29 @@ class MultiTaskPipeline(Pipeline):
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend: {backend!r} is not one of {list(BACKENDS)}")
-        if backend != "torch" and isinstance(model, (str, os.PathLike)):
+        if isinstance(model, (str, os.PathLike)):
             if tokenizer is None:
                 tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, token=token)
-            model = EXPORTED_BACKENDS[backend](model, file_name=file_name)
-        elif isinstance(model, (str, os.PathLike)):
-            load_kwargs = {"revision": revision, "token": token}
-            if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(model, **load_kwargs)
-            if dtype is not None:
-                load_kwargs["dtype"] = dtype
-            model = AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code, **load_kwargs)
+            if backend != "torch":
+                model = EXPORTED_BACKENDS[backend](model, file_name=file_name)
+            else:
+                load_kwargs = {"revision": revision, "token": token}
+                if dtype is not None:
+                    load_kwargs["dtype"] = dtype
+                model = AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code, **load_kwargs)
+        elif backend != "torch" and not isinstance(model, EXPORTED_BACKENDS[backend]):
+            raise ValueError(
+                f"backend={backend!r} runs a folder written by `hf-mtl export-onnx` (or a "
+                f"{EXPORTED_BACKENDS[backend].__name__}), not a {type(model).__name__}"
+            )
         if isinstance(model, ExportedMultiTaskModel):
             if compile:
                 raise ValueError("compile: torch.compile applies to the torch backend only")
             kwargs.setdefault("device", "cpu")
             self.backend = model
         else:
+            if file_name is not None:
+                raise ValueError("file_name: names the graph of an exported folder; the torch backend has none")
             self.backend = TorchBackend(model, compile=compile)
         tasks = getattr(model.config, "tasks", None)
         if not tasks:

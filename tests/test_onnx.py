@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_encoder_config
-from pipeline_helpers import assert_same_predictions, read_jsonl
+from pipeline_helpers import SENTENCES, assert_same_predictions, model_dir, pipe, raw_text, read_jsonl  # noqa: F401
 from transformers import AutoModel
 
 from hf_mtl import MultiTaskModel, MultiTaskPipeline, cli
@@ -131,7 +131,7 @@ def test_pipeline_predicts_the_same_with_every_backend(exported):
 
 
 def test_onnx_backend_has_no_bf16_and_no_compile(exported):
-    _, output = exported
+    model_dir, output = exported
     pipe = MultiTaskPipeline(str(output), backend="onnx")
     with pytest.raises(ValueError, match="bf16"):
         pipe("Apple", bf16=True)
@@ -142,6 +142,10 @@ def test_onnx_backend_has_no_bf16_and_no_compile(exported):
         pipe.save_pretrained(str(output / "copy"))
     with pytest.raises(ValueError, match="backend"):
         MultiTaskPipeline(str(output), backend="tensorrt")
+    with pytest.raises(ValueError, match="export-onnx"):  # a torch model handed to an exported backend
+        MultiTaskPipeline(AutoModel.from_pretrained(model_dir), tokenizer=pipe.tokenizer, backend="onnx")
+    with pytest.raises(ValueError, match="file_name"):
+        MultiTaskPipeline(str(model_dir), file_name="model_int8.onnx")
 
 
 def test_distilbert_max_pooling_exports_without_token_type_ids(tmp_path, tokenizer):
@@ -151,6 +155,11 @@ def test_distilbert_max_pooling_exports_without_token_type_ids(tmp_path, tokeniz
     session = onnxruntime.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [node.name for node in session.get_inputs()] == ["input_ids", "attention_mask"]
     assert "token_type_ids" in tokenizer_inputs  # the tokenizer gives them; the pipeline leaves them out
+    assert not (tmp_path / "out" / "model_int8.onnx").exists()
+    # Exported again with int8, then without: the stale int8 graph does not outlive the export it belonged to.
+    assert cli.main(["export-onnx", "--model", str(model_dir), "--output", str(tmp_path / "out"), "--quantize", "int8"]) == 0
+    assert (tmp_path / "out" / "model_int8.onnx").exists()
+    assert cli.main(["export-onnx", "--model", str(model_dir), "--output", str(tmp_path / "out")]) == 0
     assert not (tmp_path / "out" / "model_int8.onnx").exists()
     texts = TEXTS + [LONG_TEXT]
     expected = MultiTaskPipeline(str(model_dir), bf16=False)(texts, return_tags=True)
@@ -252,3 +261,14 @@ def test_torch_compile_option_predicts_as_eager(exported):
     graphs = counters["stats"]["unique_graphs"]
     np.testing.assert_allclose(compiled.embed(texts, bf16=False), eager.embed(texts, bf16=False), atol=1e-6)
     assert counters["stats"]["unique_graphs"] > graphs  # and so did `embed`
+
+
+def test_minilm_export_predicts_as_torch(model_dir, pipe, tmp_path):
+    """The real architecture (MiniLM, heads fitted to the helper sentences) through the fused graph."""
+    assert cli.main(["export-onnx", "--model", str(model_dir), "--output", str(tmp_path / "onnx")]) == 0
+    texts = [raw_text(words) for words, _, _ in SENTENCES]
+    onnx_pipe = MultiTaskPipeline(str(tmp_path / "onnx"), backend="onnx")
+    expected = pipe(texts, return_tags=True, bf16=False)
+    assert_same_predictions(onnx_pipe(texts, return_tags=True), expected, score_tolerance=1e-4)
+    assert sum(len(result["ner"]) for result in expected) == 18  # the helper sentences' entities, all compared
+    np.testing.assert_allclose(onnx_pipe.embed(texts), pipe.embed(texts, bf16=False), atol=1e-4)
