@@ -1,10 +1,11 @@
 """Speed benchmark of hf_mtl: inference and training throughput against stock transformers, side by side in one run.
 
-    python bench/speed.py                               # the full benchmark (a quiet machine; ~20 min on 2 cores)
+    python bench/speed.py                               # the full benchmark (a quiet machine; roughly 40+ min on 2 cores)
     python bench/speed.py --threads 1                   # the same on one torch/OpenMP thread
-    python bench/speed.py --trained-model bench/runs/snips_mtl_seed2   # + dev accuracy fp32 vs bf16 of that model
+    python bench/speed.py --trained-model bench/runs/snips_mtl_seed2   # + accuracy per backend and precision
     python bench/speed.py --profile                     # + bench/results/speed_profile.txt (torch.profiler, cProfile)
     python bench/speed.py --smoke --model DIR --out tmp/speed.json --markdown tmp/BENCHMARKS.md   # CI, seconds
+    python bench/speed.py --backends torch,onnx         # only these pipeline backends (default: every installed one)
 
 Run from the repository root. Writes `--out` (default bench/results/speed.json) and the section between
 `<!-- speed:begin -->` and `<!-- speed:end -->` of `--markdown` (default BENCHMARKS.md). SNIPS is read from
@@ -13,12 +14,19 @@ Run from the repository root. Writes `--out` (default bench/results/speed.json) 
 What is measured, in this order:
 1. peak `torch.matmul` GFLOP/s in float32 and bfloat16 (the yardstick for "% of peak" / MFU of that precision);
 2. inference over the SNIPS test sentences repeated to `--sentences`: hf_mtl's MultiTaskPipeline (its defaults, then
-   batch 64 in fp32 and bf16) against two stock single-task models run one after the other (the same tokenization
-   shared by both, length-sorted batches of 64) and against two stock `transformers.pipeline`s;
-3. training throughput of the joint hf_mtl model against the two stock models trained one after the other on the
-   same length-grouped batches (a plain torch loop with AdamW, not Trainer: only the step is timed);
+   batch 64 on every backend: torch eager fp32 / bf16, torch.compile fp32 / bf16, ONNX Runtime fp32 / int8 and
+   OpenVINO fp32 / bf16 on the `hf-mtl export-onnx` folder) against two stock single-task models run one after the
+   other (the same tokenization shared by both, length-sorted batches of 64) and against two stock
+   `transformers.pipeline`s; per method also its load time and first-call latency (torch.compile: with an empty and
+   with a warm inductor cache, each in a fresh process);
+3. training throughput of the joint hf_mtl model (eager, torch.compile, fused AdamW) against the two stock models
+   trained one after the other on the same length-grouped batches (a plain torch loop with AdamW, not Trainer: only
+   the step is timed);
 4. padding overhead (computed / real tokens) of these batchings against padding every row to 128;
-5. with `--trained-model`, dev intent accuracy and slot F1 in fp32 and bf16.
+5. with `--trained-model`, dev intent accuracy and slot F1 per backend and precision against torch fp32, and whether
+   the fp32 exports predict exactly what torch fp32 predicts on the SNIPS test set;
+6. with `--profile`, per backend: torch.profiler ops (by self CPU time, and grouped by input shape for the matrix
+   sizes), ONNX Runtime's per-operator profile, and cProfile of the whole call (tokenizer, postprocessing).
 
 Jobs run in subprocesses (`--worker`); medians over `--repeats`. The inference methods are timed in one process, taking
 turns every 1,000 sentences, so that the machine's changing speed (2x swings within seconds on a shared 2-vCPU VM)
@@ -31,6 +39,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,7 +65,22 @@ EMULATED_BF16_STEPS = 3
 # Inference methods take turns every this many sentences: this 2-vCPU VM's speed swung by 2x within seconds (a 1024^2
 # matmul loop: 72-78 GFLOP/s for 5 s, then 140-168), so whole passes one after the other compared minutes, not methods.
 BLOCK_SENTENCES = 1000
-TARGETS = {"vs_hf_two_models": 1.9, "vs_hf_pipelines": 3.0, "padding": 1.10, "bf16_accuracy_points": 0.2}
+WARMUP_SENTENCES = 3 * BATCH_INFER
+TARGETS = {"vs_hf_two_models": 1.9, "vs_hf_pipelines": 3.0, "padding": 1.10, "bf16_accuracy_points": 0.2,
+           "int8_accuracy_points": 0.3}
+BACKENDS = ("torch", "onnx", "openvino")
+EXPORT_DIR = ROOT / "bench" / "runs" / "speed_export"  # the exported model and the inductor cache of one run
+# hf_mtl pipeline methods: (method, precision) -> backend and what the pipeline is given.
+PIPELINE_SETTINGS = {
+    ("hf_mtl_pipeline", "fp32"): dict(backend="torch", bf16=False),
+    ("hf_mtl_pipeline", "bf16"): dict(backend="torch", bf16=True),
+    ("hf_mtl_compiled", "fp32"): dict(backend="torch", bf16=False, compile=True),
+    ("hf_mtl_compiled", "bf16"): dict(backend="torch", bf16=True, compile=True),
+    ("hf_mtl_onnx", "fp32"): dict(backend="onnx", bf16=False, file_name="model.onnx"),
+    ("hf_mtl_onnx", "int8"): dict(backend="onnx", bf16=False, file_name="model_int8.onnx"),
+    ("hf_mtl_openvino", "fp32"): dict(backend="openvino", bf16=False, file_name="model.onnx"),
+    ("hf_mtl_openvino", "bf16"): dict(backend="openvino", bf16=True, file_name="model.onnx"),
+}
 
 # ---------------------------------------------------------------------------------------------------------------------
 # machine
@@ -206,19 +230,70 @@ def peak_rss_mib() -> float:
 # inference methods: each returns (run(rows), models to count, facts about the setting)
 
 
-def infer_hf_mtl_pipeline(job):
+def mtl_pipeline(job: dict):
+    """
+    (MultiTaskPipeline, the torch model behind it or None, facts) for a job's method and precision: the default
+    pipeline, or one of `PIPELINE_SETTINGS` (exported backends read `job["export_dir"]`).
+    """
     from hf_mtl import MultiTaskPipeline
 
-    model, tokenizer = mtl_model(job)
-    pipe = MultiTaskPipeline(model, tokenizer=tokenizer)
     if job["method"] == "hf_mtl_pipeline_default":
+        model, tokenizer = mtl_model(job)
+        pipe = MultiTaskPipeline(model, tokenizer=tokenizer)
         # No settings at all: the pipeline's defaults choose batch size and precision.
-        facts = dict(precision="bf16" if pipe._use_bf16(None) else "fp32", settings="none (defaults)")
-        return (lambda rows: pipe([" ".join(row["words"]) for row in rows])), [model], facts
-    bf16 = job["precision"] == "bf16"
-    facts = dict(precision=job["precision"], settings=f"batch_size={BATCH_INFER}, bf16={bf16}")
-    run = lambda rows: pipe([" ".join(row["words"]) for row in rows], batch_size=BATCH_INFER, bf16=bf16)  # noqa: E731
-    return run, [model], facts
+        return pipe, model, dict(precision="bf16" if pipe._use_bf16(None) else "fp32", settings="none (defaults)",
+                                 backend="torch")
+    setting = PIPELINE_SETTINGS[(job["method"], job["precision"])]
+    settings = [f"batch_size={BATCH_INFER}", f"bf16={setting['bf16']}"]
+    if setting["backend"] == "torch":
+        model, tokenizer = mtl_model(job)
+        compile_options = (job.get("compile_options") or True) if setting.get("compile") else False
+        pipe = MultiTaskPipeline(model, tokenizer=tokenizer, compile=compile_options, bf16=setting["bf16"])
+        if compile_options:
+            settings.append(f"torch.compile({compile_options if compile_options is not True else ''})")
+    else:
+        model = None
+        pipe = MultiTaskPipeline(str(Path(job["export_dir"]) / "onnx"), backend=setting["backend"],
+                                 file_name=setting["file_name"], bf16=setting["bf16"])
+        settings.append(setting["file_name"])
+    return pipe, model, dict(precision=job["precision"], settings=", ".join(settings), backend=setting["backend"])
+
+
+class BackendPassRecorder(PassRecorder):
+    """
+    A `PassRecorder` at the pipeline's backend seam: records the padded batches every backend gets, an exported
+    graph's included, and leaves the torch model unhooked (a hook inside torch.compile's region recompiles it).
+    """
+
+    def __init__(self, pipe, shape):  # noqa: super().__init__ hooks a torch model, which this one must not
+        self.shape = shape
+        self.passes = []
+        logits = pipe.backend.logits
+
+        def recorded(model_inputs, bf16):
+            batch, length = model_inputs["input_ids"].shape
+            self.passes.append((batch, length, int(model_inputs["attention_mask"].sum())))
+            return logits(model_inputs, bf16)
+
+        pipe.backend.logits = recorded
+
+
+def recorder_of(model) -> PassRecorder:
+    return model if isinstance(model, PassRecorder) else PassRecorder(model)
+
+
+def infer_hf_mtl_pipeline(job):
+    import torch
+
+    from hf_mtl import MultiTaskModel
+
+    pipe, model, facts = mtl_pipeline(job)
+    batch_size = None if job["method"] == "hf_mtl_pipeline_default" else BATCH_INFER  # None: the pipeline's default
+    run = lambda rows: pipe([" ".join(row["words"]) for row in rows], batch_size=batch_size)  # noqa: E731
+    if model is None:  # an exported graph: FLOPs counted as the torch model's, built without weights for its shape
+        with torch.device("meta"):
+            model = MultiTaskModel(pipe.model.config)
+    return run, [BackendPassRecorder(pipe, model_shape(model))], facts
 
 
 def infer_hf_two_models(job):
@@ -282,6 +357,9 @@ def infer_hf_pipelines(job):
 INFER_METHODS = {
     "hf_mtl_pipeline_default": infer_hf_mtl_pipeline,
     "hf_mtl_pipeline": infer_hf_mtl_pipeline,
+    "hf_mtl_compiled": infer_hf_mtl_pipeline,
+    "hf_mtl_onnx": infer_hf_mtl_pipeline,
+    "hf_mtl_openvino": infer_hf_mtl_pipeline,
     "hf_two_models": infer_hf_two_models,
     "hf_pipelines": infer_hf_pipelines,
 }
@@ -293,6 +371,7 @@ def run_inference(job: dict) -> dict:
     order rotating from block to block), `repeats` times; per method the median over repeats of its summed block times.
     Tokens and FLOPs come from the last repeat. A method that fails is reported with its error and leaves the rotation.
     """
+    use_inductor_cache(job)
     rows = repeated(read_snips("test"), job["sentences"])
     blocks = [rows[start:start + BLOCK_SENTENCES] for start in range(0, len(rows), BLOCK_SENTENCES)]
     methods, results = {}, {}
@@ -301,8 +380,9 @@ def run_inference(job: dict) -> dict:
         key = key_of(dict(job=method_job))
         try:
             run, models, facts = INFER_METHODS[method["method"]](dict(job, **method))
-            recorders = [PassRecorder(model) for model in models]
-            run(rows[:64])  # the first calls pay one-off costs (kernel selection, lazy imports)
+            recorders = [recorder_of(model) for model in models]
+            # The first calls pay one-off costs (kernel selection, lazy imports, torch.compile of two input shapes).
+            run(rows[:WARMUP_SENTENCES])
             methods[key] = dict(job=method_job, run=run, recorders=recorders, facts=facts, seconds=[])
         except Exception as error:  # noqa: BLE001  (kept in the report: why a row is missing)
             results[key] = dict(job=method_job, error=f"{type(error).__name__}: {error}")
@@ -344,17 +424,52 @@ def inference_result(method: dict, sentences: int) -> dict:
     )
 
 
+def use_inductor_cache(job: dict) -> None:
+    """torch.compile's kernel cache for this job: the run's own folder, emptied first for a "cold" job."""
+    if not job.get("inductor_cache"):
+        return
+    if job.get("cache") == "cold":
+        shutil.rmtree(job["inductor_cache"], ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = job["inductor_cache"]
+
+
 def run_memory(job: dict) -> dict:
     """
-    One method alone in its process, one call over all the sentences: its peak RSS, and its padding when it sorts the
-    whole input at once (the timed blocks pad a little more).
+    One method alone in a fresh process: how long it takes to build and to answer its first batch (torch.compile
+    compiles there), then one call over all the sentences for its peak RSS and its padding when it sorts the whole
+    input at once (the timed blocks pad a little more).
     """
+    use_inductor_cache(job)
+    rows = repeated(read_snips("test"), job["sentences"])
+    started = time.perf_counter()
     run, models, _ = INFER_METHODS[job["method"]](job)
-    recorder = PassRecorder(models[0])
-    run(repeated(read_snips("test"), job["sentences"]))
+    recorder = recorder_of(models[0])
+    loaded = time.perf_counter()
+    run(rows[:BATCH_INFER])
+    first_call = time.perf_counter() - loaded
+    recorder.passes.clear()
+    run(rows)
     totals = recorder.totals()
     padding = totals["computed_tokens"] / max(totals["real_tokens"], 1)
-    return dict(peak_rss_mib=peak_rss_mib(), one_call_padding_ratio=padding)
+    return dict(peak_rss_mib=peak_rss_mib(), one_call_padding_ratio=padding, load_seconds=loaded - started,
+                first_call_seconds=first_call)
+
+
+def run_export(job: dict) -> dict:
+    """`hf-mtl export-onnx --quantize int8` of the benchmark's model into `export_dir/onnx` (the torch copy beside)."""
+    from hf_mtl.onnx import export_onnx
+
+    folder = Path(job["export_dir"])
+    source = job.get("trained")
+    if not source:  # the encoder with fresh heads: saved first, as export-onnx reads a folder
+        model, tokenizer = mtl_model(job)
+        source = folder / "torch"
+        model.save_pretrained(source)
+        tokenizer.save_pretrained(source)
+    started = time.perf_counter()
+    export_onnx(str(source), str(folder / "onnx"), quantize="int8")
+    sizes = {path.name: path.stat().st_size / 2**20 for path in (folder / "onnx").glob("*.onnx")}
+    return dict(seconds=time.perf_counter() - started, file_mib=sizes)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -417,6 +532,16 @@ def training_padding(lengths: list) -> dict:
                 random_batches=padding_of(shuffled, lengths), pad_to_max_length=PAD_TO * len(lengths) / sum(lengths))
 
 
+# The joint model's training variants: eager with torch's default AdamW (a for-loop over the parameters on the CPU),
+# compiled forward + backward, and the multi-tensor (foreach) and fused AdamW kernels.
+TRAIN_VARIANTS = {
+    "hf_mtl_joint": {},
+    "hf_mtl_joint_compiled": {"compile": True},
+    "hf_mtl_joint_foreach_adamw": {"adamw": {"foreach": True}},
+    "hf_mtl_joint_fused_adamw": {"adamw": {"fused": True}},
+}
+
+
 def run_training(job: dict) -> dict:
     """Time optimizer steps (forward, backward, AdamW) of the joint model, or of both stock models on each batch."""
     import torch
@@ -425,7 +550,8 @@ def run_training(job: dict) -> dict:
     from hf_mtl.tasks import tasks_of_config
 
     torch.manual_seed(0)
-    if job["method"] == "hf_mtl_joint":
+    variant = TRAIN_VARIANTS.get(job["method"], {})
+    if job["method"] in TRAIN_VARIANTS:
         model, tokenizer = mtl_model(job)
         models = {"joint": model}
     else:
@@ -440,8 +566,12 @@ def run_training(job: dict) -> dict:
     chosen = [epoch[(i * stride) % len(epoch)] for i in range(warmup + steps)]
     collate = MultiTaskCollator(tokenizer, tasks_of_config(snips_tasks(*snips_labels())))
     batches = [collate([rows[i] for i in batch]) for batch in chosen]
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in models.items()}
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5, **variant.get("adamw", {}))
+                  for name, m in models.items()}
     shapes = {name: model_shape(m) for name, m in models.items()}
+    if variant.get("compile"):
+        use_inductor_cache(job)
+        models = {name: torch.compile(m, **(job.get("compile_options") or {})) for name, m in models.items()}
     autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=job["precision"] == "bf16")
 
     def step(name, batch):
@@ -459,9 +589,12 @@ def run_training(job: dict) -> dict:
 
     for model in models.values():
         model.train()
-    for batch in batches[:warmup]:
+    started = time.perf_counter()
+    for number, batch in enumerate(batches[:warmup]):
         for name in models:
             step(name, batch)
+        if number == 0:
+            first_step = time.perf_counter() - started  # torch.compile compiles here
     seconds = []
     for _ in range(job["repeats"]):
         started = time.perf_counter()
@@ -481,6 +614,7 @@ def run_training(job: dict) -> dict:
     median = statistics.median(seconds)
     return dict(
         precision=job["precision"], steps=steps, warmup_steps=warmup, batch_size=BATCH_TRAIN, seconds=median,
+        first_step_seconds=first_step,
         seconds_all=seconds, sentences_per_second=steps * BATCH_TRAIN / median, tokens_per_second=computed / median,
         real_tokens_per_second=real / median, computed_tokens=computed, real_tokens=real,
         padding_ratio=computed / real, model_gflop=flops / 1e9, model_gflops=flops / 1e9 / median,
@@ -494,53 +628,103 @@ def run_training(job: dict) -> dict:
 
 
 def run_accuracy(job: dict) -> dict:
-    """Dev intent accuracy and word-level slot F1 (seqeval) of the trained model through MultiTaskPipeline."""
+    """
+    Intent accuracy and word-level slot F1 (seqeval) of the trained model through MultiTaskPipeline with the job's
+    method and precision, on the job's split; with every prediction, so that backends can be compared sentence by
+    sentence.
+    """
     from seqeval.metrics import f1_score
 
-    from hf_mtl import MultiTaskPipeline
-
-    rows = read_snips("dev", job.get("limit"))
-    model, tokenizer = mtl_model(job)
-    pipe = MultiTaskPipeline(model, tokenizer=tokenizer)
-    outputs = pipe([row["words"] for row in rows], is_split_into_words=True, return_tags=True,
-                   bf16=job["precision"] == "bf16", batch_size=BATCH_INFER)
+    use_inductor_cache(job)
+    rows = read_snips(job["split"], job.get("limit"))
+    pipe, _, facts = mtl_pipeline(job)
+    outputs = pipe([row["words"] for row in rows], is_split_into_words=True, return_tags=True, batch_size=BATCH_INFER)
     correct = sum(out["intent"]["label"] == row["intent"] for out, row in zip(outputs, rows))
     slot_f1 = f1_score([row["tags"] for row in rows], [out["tags"]["slots"] for out in outputs])
-    return dict(precision=job["precision"], sentences=len(rows), intent_accuracy=100 * correct / len(rows),
-                slot_f1=100 * slot_f1, peak_rss_mib=peak_rss_mib())
+    predictions = [" ".join([out["intent"]["label"], *out["tags"]["slots"]]) for out in outputs]
+    return dict(precision=job["precision"], backend=facts["backend"], split=job["split"], sentences=len(rows),
+                intent_accuracy=100 * correct / len(rows), slot_f1=100 * slot_f1, predictions=predictions,
+                peak_rss_mib=peak_rss_mib())
 
 
 def run_profile(job: dict) -> dict:
-    """Top ops by self CPU time (torch.profiler) and top Python functions (cProfile) of the default pipeline."""
+    """
+    Per method of `job["methods"]`: cProfile of whole calls (tokenizer, backend, postprocessing) and the backend's own
+    operator profile: torch.profiler's ops by self CPU time and by input shape (the matrix sizes, the autocast
+    casts), or ONNX Runtime's per-operator times. OpenVINO gets cProfile only.
+    """
     import cProfile
     import io
     import pstats
 
-    from torch.profiler import ProfilerActivity, profile
-
     from hf_mtl import MultiTaskPipeline
+    from hf_mtl.pipeline_mtl import OnnxRuntimeModel
 
+    use_inductor_cache(job)
     texts = [" ".join(row["words"]) for row in repeated(read_snips("test"), job["sentences"])]
-    model, tokenizer = mtl_model(job)
-    pipe = MultiTaskPipeline(model, tokenizer=tokenizer)
-    pipe(texts[:64])
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        pipe(texts)
-    ops = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
-    profiler_python = cProfile.Profile()
-    profiler_python.runcall(pipe, texts)
-    stream = io.StringIO()
-    pstats.Stats(profiler_python, stream=stream).sort_stats("cumulative").print_stats(15)
+    sections = []
+    for method in job["methods"]:
+        method_job = dict(job, **method)
+        pipe, _, facts = mtl_pipeline(method_job)
+        if facts["backend"] == "onnx":
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(job["path"]).with_name("onnxruntime_profile"))
+            graph = OnnxRuntimeModel(pipe.model.name_or_path, file_name=pipe.model.file_name, session_options=options)
+            pipe = MultiTaskPipeline(graph, tokenizer=pipe.tokenizer, bf16=False)
+        call = lambda: pipe(texts, batch_size=None if method["method"] == "hf_mtl_pipeline_default" else BATCH_INFER)  # noqa: E731
+        pipe(texts[:WARMUP_SENTENCES])
+        title = f"{key_of(dict(job=method_job))} ({facts['settings']})"
+        if facts["backend"] == "torch":
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+                call()
+            averages = profiler.key_averages()
+            shapes = profiler.key_averages(group_by_input_shape=True)
+            backend_profile = (
+                f"-- torch.profiler: top 20 ops by self CPU time --\n"
+                f"{averages.table(sort_by='self_cpu_time_total', row_limit=20)}\n"
+                f"-- torch.profiler: top 15 (op, input shapes) by self CPU time --\n"
+                f"{shapes.table(sort_by='self_cpu_time_total', row_limit=15)}")
+        elif facts["backend"] == "onnx":
+            call()
+            backend_profile = onnxruntime_profile_table(pipe.model.session.end_profiling())
+        else:
+            backend_profile = "(OpenVINO: no operator profile here; cProfile below shows its share of the call)"
+        profiler_python = cProfile.Profile()
+        profiler_python.runcall(call)
+        stream = io.StringIO()
+        pstats.Stats(profiler_python, stream=stream).sort_stats("cumulative").print_stats(15)
+        sections.append(f"== {title} ==\n\n{backend_profile}\n\n-- cProfile: top 15 functions by cumulative time "
+                        f"--\n{stream.getvalue()}")
     Path(job["path"]).write_text(
-        f"MultiTaskPipeline defaults over {len(texts)} SNIPS test sentences ({job['model_label']}), "
-        f"{environment()['torch_threads']} torch threads\n\n"
-        f"== torch.profiler: top 20 ops by self CPU time ==\n{ops}\n\n"
-        f"== cProfile: top 15 functions by cumulative time ==\n{stream.getvalue()}", encoding="utf-8")
-    return dict(path=job["path"], sentences=len(texts))
+        f"MultiTaskPipeline over {len(texts)} SNIPS test sentences ({job['model_label']}), "
+        f"{environment()['torch_threads']} torch threads, per backend\n\n" + "\n\n".join(sections), encoding="utf-8")
+    return dict(path=job["path"], sentences=len(texts), methods=[key_of(dict(job=dict(job, **m))) for m in job["methods"]])
+
+
+def onnxruntime_profile_table(path: str, rows: int = 20) -> str:
+    """ONNX Runtime's profile (a Chrome trace of node runs) summed per operator type, largest share first."""
+    events = json.loads(Path(path).read_text(encoding="utf-8"))
+    Path(path).unlink()
+    totals = {}
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            operator = event.get("args", {}).get("op_name", "?")
+            count, micros = totals.get(operator, (0, 0))
+            totals[operator] = (count + 1, micros + event.get("dur", 0))
+    whole = sum(micros for _, micros in totals.values()) or 1
+    lines = ["-- ONNX Runtime: operator kernel time --", f"{'operator':<32} {'calls':>8} {'ms':>10} {'share':>7}"]
+    for operator, (count, micros) in sorted(totals.items(), key=lambda item: -item[1][1])[:rows]:
+        lines.append(f"{operator:<32} {count:>8} {micros / 1000:>10.1f} {100 * micros / whole:>6.1f}%")
+    return "\n".join(lines)
 
 
 WORKERS = {"infer": run_inference, "memory": run_memory, "train": run_training, "accuracy": run_accuracy,
-           "profile": run_profile}
+           "profile": run_profile, "export": run_export}
 
 
 def worker(jobs: list) -> None:
@@ -571,37 +755,73 @@ def in_subprocess(jobs: list, threads) -> list:
 
 def plan(args, native: bool) -> list:
     """The jobs of this run; on emulated bf16 the bf16 jobs get a small subset so the run stays within minutes."""
-    base = dict(model=args.model, trained=str(args.trained_model) if args.trained_model else None, repeats=args.repeats)
+    base = dict(model=args.model, trained=str(args.trained_model) if args.trained_model else None, repeats=args.repeats,
+                export_dir=str(args.export_dir), inductor_cache=str(args.export_dir / "inductor_cache"),
+                # --smoke: dynamo's tracing without inductor's code generation (minutes on 2 cores)
+                compile_options={"backend": "eager"} if args.smoke else None)
     bf16_sentences = args.sentences if native else min(args.sentences, EMULATED_BF16_SENTENCES)
     bf16_steps = args.train_steps if native else min(args.train_steps, EMULATED_BF16_STEPS)
     warmup = 1 if args.smoke else 3
     bf16_warmup = warmup if native else 1
-    infer = [("hf_mtl_pipeline_default", "default"), ("hf_mtl_pipeline", "fp32"), ("hf_mtl_pipeline", "bf16"),
+    backends = args.backends
+    pipelines = [key for key, setting in PIPELINE_SETTINGS.items() if backend_of(key) in backends]
+    infer = [("hf_mtl_pipeline_default", "default"), *pipelines,
              ("hf_two_models", "fp32"), ("hf_two_models", "bf16"), ("hf_pipelines", "fp32"), ("hf_pipelines", "bf16")]
+    jobs = [dict(base, kind="export", precision="fp32")] if {"onnx", "openvino"} & set(backends) else []
     # One timing job per sentence count (the methods in it take turns), one memory job per method.
-    groups, jobs = {}, []
+    groups, memory = {}, []
     for method, precision in infer:
         count = bf16_sentences if precision == "bf16" else args.sentences
         groups.setdefault(count, []).append(dict(method=method, precision=precision))
-        jobs.append(dict(base, kind="memory", method=method, precision=precision, sentences=count))
-    jobs = [dict(base, kind="infer", precision="mixed", methods=methods, sentences=count)
-            for count, methods in groups.items()] + jobs
-    for method in ("hf_mtl_joint", "hf_two_models"):
+        memory.append(dict(base, kind="memory", method=method, precision=precision, sentences=count))
+        if method == "hf_mtl_compiled":  # an emptied inductor cache, then a second fresh process on the one it left
+            memory[-1]["cache"] = "cold"
+            memory.append(dict(memory[-1], cache="warm"))
+    jobs += [dict(base, kind="infer", precision="mixed", methods=methods, sentences=count)
+             for count, methods in groups.items()] + memory
+    train_methods = ["hf_mtl_joint", "hf_mtl_joint_foreach_adamw", "hf_mtl_joint_fused_adamw"]
+    train_methods += ["hf_mtl_joint_compiled"] * ("compiled" in backends) + ["hf_two_models"]
+    for method in train_methods:
         for precision in ("fp32", "bf16"):
             bf16 = precision == "bf16"
             jobs.append(dict(base, kind="train", method=method, precision=precision,
                              steps=bf16_steps if bf16 else args.train_steps, warmup=bf16_warmup if bf16 else warmup,
                              train_rows=2000 if args.smoke else None))
     if args.trained_model:
-        # The whole dev set (700 sentences) even where bf16 is emulated: about 20 s at ~40 sentences/s.
+        # Whole splits (700 sentences) even where bf16 is emulated: about 20 s at ~40 sentences/s. The fp32 exports
+        # must predict the test set exactly as torch fp32 does; the other precisions are scored on dev against it.
         limit = EMULATED_BF16_SENTENCES if args.smoke else None
-        for precision in ("fp32", "bf16"):
-            jobs.append(dict(base, kind="accuracy", precision=precision, limit=limit))
+        checks = [("hf_mtl_pipeline", "fp32", "dev"), ("hf_mtl_pipeline", "bf16", "dev"),
+                  ("hf_mtl_pipeline", "fp32", "test"), ("hf_mtl_compiled", "bf16", "dev"),
+                  ("hf_mtl_onnx", "fp32", "test"), ("hf_mtl_onnx", "int8", "dev"),
+                  ("hf_mtl_openvino", "fp32", "test"), ("hf_mtl_openvino", "bf16", "dev")]
+        for method, precision, split in checks:
+            if backend_of((method, precision)) in backends:
+                jobs.append(dict(base, kind="accuracy", method=method, precision=precision, split=split, limit=limit))
     if args.profile:
         path = (args.out.parent / "speed_profile.txt").resolve()
+        profiled = [("hf_mtl_pipeline_default", "default"), ("hf_mtl_pipeline", "bf16" if native else "fp32")]
+        profiled += [key for key in (("hf_mtl_compiled", "bf16" if native else "fp32"), ("hf_mtl_onnx", "fp32"),
+                                     ("hf_mtl_onnx", "int8"), ("hf_mtl_openvino", "bf16" if native else "fp32"))
+                     if backend_of(key) in backends]
         jobs.append(dict(base, kind="profile", precision="default", sentences=32 if args.smoke else 512,
+                         methods=[dict(method=method, precision=precision) for method, precision in profiled],
                          path=str(path), model_label=str(args.trained_model or args.model)))
     return jobs
+
+
+def backend_of(key: tuple) -> str:
+    """The `--backends` name of a pipeline method: torch, compiled, onnx or openvino."""
+    setting = PIPELINE_SETTINGS.get(key, {"backend": "torch"})
+    return "compiled" if setting.get("compile") else setting["backend"]
+
+
+def installed_backends() -> list:
+    """torch and compiled always; onnx and openvino where their packages are installed."""
+    import importlib.util
+
+    return ["torch", "compiled"] + [name for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino"))
+                                    if importlib.util.find_spec(module) is not None]
 
 
 def run_jobs(jobs: list, args) -> list:
@@ -611,7 +831,7 @@ def run_jobs(jobs: list, args) -> list:
     results = []
     for job in jobs:
         name = ", ".join(f"{m['method']} {m['precision']}" for m in job["methods"]) if "methods" in job else \
-            f"{job.get('method', '')} {job['precision']}"
+            f"{job.get('method', '')} {job['precision']} {job.get('split') or job.get('cache') or ''}"
         print(f"  {job['kind']} {name} ...", flush=True)
         results.extend(in_subprocess([job], args.threads))
     return results
@@ -630,9 +850,14 @@ def inference_results(results: list) -> dict:
             job = dict(kind="infer", sentences=result["job"]["sentences"], **method)
             inference[key_of(dict(job=job))] = dict(job=job, error=result["error"])
     for result in results:
-        if result["job"]["kind"] == "memory" and key_of(result) in inference:
-            inference[key_of(result)]["peak_rss_mib"] = result.get("peak_rss_mib")
-            inference[key_of(result)]["one_call_padding_ratio"] = result.get("one_call_padding_ratio")
+        if result["job"]["kind"] != "memory" or key_of(result) not in inference:
+            continue
+        row = inference[key_of(result)]
+        if result["job"].get("cache") == "warm":
+            row["first_call_seconds_warm_cache"] = result.get("first_call_seconds")
+            continue
+        for field in ("peak_rss_mib", "one_call_padding_ratio", "load_seconds", "first_call_seconds"):
+            row[field] = result.get(field)
     return inference
 
 
@@ -658,7 +883,9 @@ def summarize(args, env, peaks, inference, training, accuracy) -> dict:
     peak = {p["precision"]: p["gflops"] for p in peaks}
     for result in list(inference.values()) + list(training.values()):
         if "model_gflops" in result:
-            result["share_of_peak"] = result["model_gflops"] / peak[result["precision"]]
+            # int8 has no measured peak here (the matmul peaks are fp32 and bf16): its share stays empty.
+            precision_peak = peak.get(result["precision"])
+            result["share_of_peak"] = result["model_gflops"] / precision_peak if precision_peak else None
     ratios = {
         "pipeline_fp32_vs_hf_two_models_fp32": ratio(inference, "hf_mtl_pipeline_fp32", "hf_two_models_fp32",
                                                      TARGETS["vs_hf_two_models"]),
@@ -669,6 +896,13 @@ def summarize(args, env, peaks, inference, training, accuracy) -> dict:
         "pipeline_bf16_vs_hf_pipelines_bf16": ratio(inference, "hf_mtl_pipeline_bf16", "hf_pipelines_bf16",
                                                     TARGETS["vs_hf_pipelines"]),
     }
+    for method, precision in PIPELINE_SETTINGS:
+        key = f"{method}_{precision}"
+        if method == "hf_mtl_pipeline" or key not in inference:
+            continue
+        stock = "bf16" if precision == "bf16" else "fp32"  # int8 against the stock models' fp32
+        for theirs, target in (("hf_two_models", "vs_hf_two_models"), ("hf_pipelines", "vs_hf_pipelines")):
+            ratios[f"{key}_vs_{theirs}_{stock}"] = ratio(inference, key, f"{theirs}_{stock}", TARGETS[target])
     train_padding = next((r["padding"] for r in training.values() if "padding" in r), {})
     infer_ref = inference.get("hf_mtl_pipeline_fp32", {})
     padding = dict(inference_length_sorted_64=infer_ref.get("one_call_padding_ratio"),
@@ -676,8 +910,9 @@ def summarize(args, env, peaks, inference, training, accuracy) -> dict:
                    training_random_32=train_padding.get("random_batches"),
                    pad_to_128=train_padding.get("pad_to_max_length"), target=TARGETS["padding"])
     bf16_accuracy = dict(skipped="no --trained-model given")
+    backend_accuracy = backend_agreement(accuracy)
     if accuracy:
-        fp32, bf16 = accuracy.get("fp32", {}), accuracy.get("bf16", {})
+        fp32, bf16 = accuracy.get("hf_mtl_pipeline_fp32_dev", {}), accuracy.get("hf_mtl_pipeline_bf16_dev", {})
         bf16_accuracy = dict(fp32=fp32, bf16=bf16, target_points=TARGETS["bf16_accuracy_points"])
         if "intent_accuracy" in fp32 and "intent_accuracy" in bf16:
             bf16_accuracy["intent_difference"] = bf16["intent_accuracy"] - fp32["intent_accuracy"]
@@ -695,8 +930,37 @@ def summarize(args, env, peaks, inference, training, accuracy) -> dict:
                       peak_rss="per method (one subprocess each)" if not args.smoke else "shared: one subprocess",
                       trained_model=str(args.trained_model) if args.trained_model else None),
         peak=peaks, inference=inference, ratios=ratios, training=training, padding=padding,
-        bf16_accuracy=bf16_accuracy,
+        bf16_accuracy=bf16_accuracy, backend_accuracy=backend_accuracy,
     )
+
+
+def backend_agreement(accuracy: dict) -> list:
+    """
+    Each accuracy job against torch fp32 on the same split: on test, how many sentences get other predictions (an
+    fp32 export should have none); on dev, the change in points (int8 ≤ 0.3, bf16 ≤ 0.2). Drops the predictions.
+    """
+    rows = []
+    for key, result in accuracy.items():
+        split = result["job"]["split"]
+        reference = accuracy.get(f"hf_mtl_pipeline_fp32_{split}", {})
+        if key == f"hf_mtl_pipeline_fp32_{split}" or "error" in result or "predictions" not in reference:
+            continue
+        row = dict(method=key_of(result), split=split, sentences=result["sentences"],
+                   intent_accuracy=result["intent_accuracy"], slot_f1=result["slot_f1"],
+                   intent_difference=result["intent_accuracy"] - reference["intent_accuracy"],
+                   slot_f1_difference=result["slot_f1"] - reference["slot_f1"],
+                   sentences_predicted_differently=sum(ours != theirs for ours, theirs in
+                                                       zip(result["predictions"], reference["predictions"])))
+        if split == "test":
+            row["target"], row["reached"] = "identical", row["sentences_predicted_differently"] == 0
+        else:
+            target = TARGETS["int8_accuracy_points" if result["precision"] == "int8" else "bf16_accuracy_points"]
+            row["target"] = target
+            row["reached"] = max(abs(row["intent_difference"]), abs(row["slot_f1_difference"])) <= target
+        rows.append(row)
+    for result in accuracy.values():
+        result.pop("predictions", None)
+    return rows
 
 
 def command_line(args) -> str:
@@ -714,6 +978,8 @@ def command_line(args) -> str:
             value = value.relative_to(ROOT)  # as run from the repository root, not this machine's checkout path
         if value != default:
             parts.append(f"{flag} {value}")
+    if args.backends != installed_backends():
+        parts.append(f"--backends {','.join(args.backends)}")
     if args.profile:
         parts.append("--profile")
     return " ".join(parts)
@@ -727,10 +993,20 @@ def num(value, digits=1):
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
-def not_measured_row(result: dict) -> str:
-    """A table row (8 columns) for a job that failed: its method, precision and error."""
-    return (f"| {result['job']['method']} | {result['job']['precision']} | not measured: {result['error'][:100]} "
-            "| | | | | |")
+def percent(share):
+    return num(None if share is None else 100 * share)
+
+
+def not_measured_row(result: dict, columns: int) -> str:
+    """A table row for a job that failed: its method, precision and error, the other columns empty."""
+    return (f"| {result['job']['method']} | {result['job']['precision']} | not measured: {result['error'][:100]} |"
+            + " |" * (columns - 3))
+
+
+def first_call(row: dict) -> str:
+    """First-call seconds; with a warm inductor cache too where the method compiles."""
+    cold, warm = row.get("first_call_seconds"), row.get("first_call_seconds_warm_cache")
+    return num(cold, 2) if warm is None else f"{num(cold, 2)} / {num(warm, 2)}"
 
 
 def markdown(summary: dict) -> str:
@@ -752,18 +1028,21 @@ def markdown(summary: dict) -> str:
     lines += ["", "Inference on SNIPS test sentences (repeated); model FLOPs as a share of the peak (the better of "
               "matmul and linear) of the same precision. The methods take turns every "
               f"{BLOCK_SENTENCES} sentences (order rotating); median of the repeats; computed / real tokens of those "
-              "blocks. Peak RSS: each method alone in its own process.", "",
-              "| method | precision | sentences | sentences/s | computed / real tokens | GFLOP/s | % of peak "
-              "| peak RSS MiB |",
-              "|---|---|---|---|---|---|---|---|"]
+              "blocks. Peak RSS, load and first call (one batch of 64): each method alone in a fresh process; "
+              "torch.compile's first call with an emptied / a warm inductor cache. ONNX Runtime and OpenVINO rows run "
+              "the `hf-mtl export-onnx` graph (FLOPs counted as the torch model's).", "",
+              "| method | precision | settings | sentences | sentences/s | computed / real tokens | GFLOP/s | % of peak "
+              "| peak RSS MiB | load s | first call s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in summary["inference"].items():
         if "error" in r:
-            lines.append(not_measured_row(r))
+            lines.append(not_measured_row(r, 11))
             continue
         name = r["job"]["method"] + (" (defaults)" if r["job"]["precision"] == "default" else "")
-        lines.append(f"| {name} | {r['precision']} | {r['sentences']} | {num(r['sentences_per_second'])} | "
-                     f"{num(r['padding_ratio'], 3)} | {num(r['model_gflops'])} | {num(100 * r['share_of_peak'])} | "
-                     f"{num(r['peak_rss_mib'], 0)} |")
+        lines.append(f"| {name} | {r['precision']} | {r['settings']} | {r['sentences']} | "
+                     f"{num(r['sentences_per_second'])} | {num(r['padding_ratio'], 3)} | {num(r['model_gflops'])} | "
+                     f"{percent(r['share_of_peak'])} | {num(r.get('peak_rss_mib'), 0)} | "
+                     f"{num(r.get('load_seconds'), 2)} | {first_call(r)} |")
     lines += ["", "| ratio (sentences/s) | value | per repeat | target | |", "|---|---|---|---|---|"]
     for name, r in summary["ratios"].items():
         state = "not measured" if r["ratio"] is None else ("reached" if r["reached"] else "not reached")
@@ -771,15 +1050,15 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {r['ours']} / {r['theirs']} | {num(r['ratio'], 2)} | {repeats} | ≥ {r['target']} | {state} |")
     lines += ["", "Training (plain torch loop, AdamW, length-grouped batches of 32; the two stock models train one "
               "after the other on the same batches, their times added).", "",
-              "| method | precision | steps | tokens/s | sentences/s | GFLOP/s | MFU % | peak RSS MiB |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| method | precision | steps | tokens/s | sentences/s | GFLOP/s | MFU % | peak RSS MiB | first step s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for key, r in summary["training"].items():
         if "error" in r:
-            lines.append(not_measured_row(r))
+            lines.append(not_measured_row(r, 9))
             continue
         lines.append(f"| {r['job']['method']} | {r['precision']} | {r['steps']} | {num(r['tokens_per_second'], 0)} | "
                      f"{num(r['sentences_per_second'])} | {num(r['model_gflops'])} | {num(100 * r['share_of_peak'])} | "
-                     f"{num(r['peak_rss_mib'], 0)} |")
+                     f"{num(r['peak_rss_mib'], 0)} | {num(r.get('first_step_seconds'), 2)} |")
     p = summary["padding"]
     lines += ["", f"| padding (computed / real tokens) | ratio | target ≤ {p['target']} |", "|---|---|---|"]
     for label, value in ((f"inference, one call over {summary['settings']['sentences']:,} sentences, "
@@ -803,6 +1082,23 @@ def markdown(summary: dict) -> str:
                      f"{'reached' if a['reached'] else 'not reached'}).")
     else:
         lines.append(f"bf16 accuracy: not measured ({a['fp32'].get('error') or a['bf16'].get('error')}).")
+    if summary["backend_accuracy"]:
+        lines += ["", "Backends against torch fp32 on the same split (test: sentences whose intent or any slot tag "
+                  "differs; dev: change in points).", "",
+                  "| method | split | sentences | intent acc. | slot F1 | Δ intent | Δ slot F1 | sentences differing "
+                  "| target | |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in summary["backend_accuracy"]:
+            target = r["target"] if r["target"] == "identical" else f"≤ {r['target']} points"
+            lines.append(f"| {r['method']} | {r['split']} | {r['sentences']} | {num(r['intent_accuracy'], 2)} | "
+                         f"{num(r['slot_f1'], 2)} | {r['intent_difference']:+.2f} | {r['slot_f1_difference']:+.2f} | "
+                         f"{r['sentences_predicted_differently']} | {target} | "
+                         f"{'reached' if r['reached'] else 'not reached'} |")
+    export = summary.get("export")
+    if export and "error" not in export:
+        sizes = ", ".join(f"{name} {num(size, 0)} MiB" for name, size in sorted(export["file_mib"].items()))
+        lines += ["", f"`hf-mtl export-onnx --quantize int8`: {num(export['seconds'], 1)} s ({sizes})."]
+    elif export:
+        lines += ["", f"ONNX export failed: {export['error'][:200]}"]
     return "\n".join(lines)
 
 
@@ -823,6 +1119,10 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="also write speed_profile.txt next to --out")
     parser.add_argument("--smoke", action="store_true", help="CI: tiny inputs (use with --model DIR), seconds")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated pipeline backends of torch,compiled,onnx,openvino (default: the installed)")
+    parser.add_argument("--export-dir", type=Path, default=EXPORT_DIR,
+                        help="where the ONNX export and torch.compile's cache go (default bench/runs/speed_export)")
     parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -830,7 +1130,12 @@ def parse_args(argv):
     if args.smoke:
         args.sentences, args.repeats, args.train_steps = min(args.sentences, 32), 1, min(args.train_steps, 2)
     # Paths as the caller meant them: main() and the workers run from the repository root.
-    args.out, args.markdown = args.out.resolve(), args.markdown.resolve()
+    args.out, args.markdown, args.export_dir = args.out.resolve(), args.markdown.resolve(), args.export_dir.resolve()
+    available = installed_backends()
+    args.backends = available if args.backends is None else [name.strip() for name in args.backends.split(",")]
+    unknown = [name for name in args.backends if name not in available]
+    if unknown:
+        parser.error(f"--backends: {unknown} not among the installed backends {available}")
     if args.trained_model is not None:
         args.trained_model = args.trained_model.resolve()
     if Path(args.model).exists():
@@ -863,9 +1168,10 @@ def main(argv=None):
     results = run_jobs(plan(args, native), args)
     inference = inference_results(results)
     training = {key_of(r): r for r in results if r["job"]["kind"] == "train"}
-    accuracy = {r["job"]["precision"]: r for r in results if r["job"]["kind"] == "accuracy"}
+    accuracy = {f"{key_of(r)}_{r['job']['split']}": r for r in results if r["job"]["kind"] == "accuracy"}
     summary = summarize(args, env, peaks, inference, training, accuracy)
     summary["profile"] = next((r for r in results if r["job"]["kind"] == "profile"), None)
+    summary["export"] = next((r for r in results if r["job"]["kind"] == "export"), None)
     args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     write_markdown(args.markdown, markdown(summary))
     print(f"speed: wrote {args.out} and the speed section of {args.markdown}")

@@ -10,8 +10,9 @@ import numpy as np
 
 from . import __version__
 from .data.readers import iter_text_lines
-from .errors import ConfigError, DataError, HfMtlError
+from .errors import ConfigError, DataError, HfMtlError, ModelError
 from .outputs import StagedOutput
+from .pipeline_mtl import BackendNotInstalledError
 
 # Lines handed to the pipeline at once: large enough to sort by length, small enough for a lively progress bar.
 BLOCK_SIZE = 1024
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
             parser.print_help()
             return 0
         return args.run(args) or 0
-    except HfMtlError as error:
+    except (HfMtlError, BackendNotInstalledError) as error:
         if os.environ.get("HF_MTL_DEBUG") == "1":
             raise
         print("error: " + " ".join(str(error).split()), file=sys.stderr)
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--normalize", action=argparse.BooleanOptionalAction, default=None, help="add Normalize (default: the model's)"
     )
     export_st.set_defaults(run=run_export_sentence_transformers)
+
+    export_onnx = commands.add_parser("export-onnx", help="every task as one ONNX graph for ONNX Runtime / OpenVINO")
+    export_onnx.add_argument("--model", required=True, help="saved hf_mtl model folder or Hub id")
+    export_onnx.add_argument("--output", required=True, help="folder to write (model.onnx, tokenizer, config.json)")
+    export_onnx.add_argument("--quantize", choices=["int8"], default=None, help="also write model_int8.onnx")
+    export_onnx.set_defaults(run=run_export_onnx)
     return parser
 
 
@@ -96,6 +103,14 @@ def add_model_arguments(parser):
         default=None,
         help="bfloat16 autocast (default: on for CPUs with native bf16, off elsewhere)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "openvino"],
+        default="torch",
+        help="torch (default), or onnx / openvino on a folder written by `hf-mtl export-onnx`",
+    )
+    parser.add_argument("--onnx-file", default=None, help="graph of an exported folder (default model.onnx)")
+    parser.add_argument("--compile", action="store_true", help="torch backend: run the model through torch.compile")
 
 
 def run_train(argv):
@@ -107,7 +122,7 @@ def run_train(argv):
 def run_predict(args):
     output = file_output(args)
     records = read_predict_input(Path(args.input))
-    pipe = load_pipeline(args.model, args.batch_size)
+    pipe = load_pipeline(args)
     with output, open(output.path, "w", encoding="utf-8") as writer, progress(len(records), "predict") as bar:
         for begin in range(0, len(records), BLOCK_SIZE):
             block = records[begin : begin + BLOCK_SIZE]
@@ -132,7 +147,7 @@ def predict_block(pipe, records, **kwargs):
 def run_embed(args):
     output = file_output(args)
     texts = read_lines(Path(args.input))
-    pipe = load_pipeline(args.model, args.batch_size)
+    pipe = load_pipeline(args)
     embeddings = []
     with progress(len(texts), "embed") as bar:
         for begin in range(0, len(texts), BLOCK_SIZE):
@@ -162,14 +177,37 @@ def file_output(args) -> StagedOutput:
     return output
 
 
-def load_pipeline(model_dir, batch_size):
+def run_export_onnx(args):
+    from .onnx import export_onnx
+
+    export_onnx(args.model, args.output, quantize=args.quantize)
+
+
+def load_pipeline(args):
     from .loading import load_model_folder
     from .pipeline_mtl import MultiTaskPipeline
 
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    model, tokenizer = load_model_folder(model_dir)
-    return MultiTaskPipeline(model, tokenizer=tokenizer, batch_size=batch_size)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.backend == "torch":
+        model, tokenizer = load_model_folder(args.model)
+    else:
+        model, tokenizer = args.model, None
+        if not os.path.isdir(args.model):
+            raise ModelError(f"--model {args.model}: no such folder (the onnx and openvino backends read exported folders)")
+    try:
+        pipe = MultiTaskPipeline(
+            model,
+            tokenizer=tokenizer,
+            batch_size=args.batch_size,
+            backend=args.backend,
+            file_name=args.onnx_file,
+            compile=args.compile,
+        )
+        pipe._use_bf16(args.bf16)  # a precision the backend lacks fails here, before any output
+    except (OSError, ValueError) as error:
+        raise ModelError(f"--model {args.model}: {error}") from error
+    return pipe
 
 
 def read_lines(path: Path) -> list:

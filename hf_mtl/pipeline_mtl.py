@@ -1,10 +1,11 @@
 """Prediction on raw text with an hf_mtl multi-task model: every head at once, entity spans, sentence embeddings.
 
-Self-contained on purpose (torch, numpy and transformers only): `add_pipeline_to_folder` copies this file next to the
-weights and declares it in `config.json`, so `transformers.pipeline(model=..., trust_remote_code=True)` builds this
-same class where hf_mtl is not installed.
+Self-contained on purpose (torch, numpy and transformers only; ONNX Runtime and OpenVINO are imported only when asked
+for): `add_pipeline_to_folder` copies this file next to the weights and declares it in `config.json`, so
+`transformers.pipeline(model=..., trust_remote_code=True)` builds this same class where hf_mtl is not installed.
 """
 
+import importlib
 import json
 import os
 import re
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, Pipeline
-from transformers.utils import logging
+from transformers.utils import cached_file, logging
 
-from .configuration_mtl import task_kind
+from .configuration_mtl import MultiTaskConfig, task_kind
 
 logger = logging.get_logger(__name__)
 
@@ -25,6 +27,11 @@ PIPELINE_TASK = "multi-task"
 # "0" or "1" overrides what this CPU is taken to be, so either precision path runs on any machine (README, tests).
 NATIVE_BF16_ENV = "HF_MTL_NATIVE_BF16"
 DEFAULT_BATCH_SIZE = 32
+# What `hf-mtl export-onnx` writes and the exported backends read: the graph files and its output names.
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model_int8.onnx"
+LOGITS_OUTPUT_SUFFIX = "_logits"
+EMBEDDING_OUTPUT = "sentence_embedding"
 
 
 def split_words(text: str) -> list:
@@ -134,6 +141,155 @@ def word_windows(token_counts: list, budget: int) -> list:
     return [tuple(window) for window in windows]
 
 
+class BackendNotInstalledError(ImportError):
+    """The package of an optional backend is missing; the message names the pip extra that installs it."""
+
+
+def import_backend(module: str, extra: str):
+    """Import an optional backend's package, or raise a `BackendNotInstalledError` naming `hf_mtl[extra]`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise BackendNotInstalledError(
+            f"{module} is not installed: `pip install 'hf_mtl[{extra}]'` (or `pip install {module}`) to use it"
+        ) from error
+
+
+# Every backend answers the same two questions from the padded input tensors, so preprocessing and decoding are one
+# code path: `logits` (task name -> float32 CPU tensor, `[batch, labels]` or `[batch, seq, labels]`) and `embeddings`
+# (`[batch, hidden]` float32, the model's pooling, not normalised). `uses_bf16` resolves the `bf16` call parameter.
+
+
+class TorchBackend:
+    """A torch `MultiTaskModel`, eager or through `torch.compile`, with bfloat16 autocast where asked."""
+
+    def __init__(self, model, compile=False):
+        self.model = model
+        self._compiled = None
+        if compile:
+            # `compile=True` or a dict of `torch.compile` options; inductor caches its kernels in
+            # TORCHINDUCTOR_CACHE_DIR, so a later process with the same cache skips most of the warm-up.
+            options = {} if compile is True else dict(compile)
+            self._compiled = {"logits": torch.compile(model, **options), "embeddings": torch.compile(model.embed, **options)}
+
+    def uses_bf16(self, bf16):
+        if bf16 is not None:
+            return bf16
+        if self.model.dtype != torch.float32 or self.model.device.type != "cpu":
+            return False
+        # MiniLM on 2 cores: 2.4-2.6x faster with native bf16 dot products; without them bf16 is only emulated.
+        return cpu_has_native_bf16()
+
+    def logits(self, model_inputs, bf16):
+        forward = self._compiled["logits"] if self._compiled else self.model
+        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return {name: logits.float() for name, logits in forward(**model_inputs).logits.items()}
+
+    def embeddings(self, model_inputs, bf16):
+        embed = self._compiled["embeddings"] if self._compiled else self.model.embed
+        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return embed(**model_inputs, normalize=False).float()
+
+
+class ExportedMultiTaskModel:
+    """
+    A folder written by `hf-mtl export-onnx` (the graph, the tokenizer and the hf_mtl `config.json`) in the place of the
+    torch model: no weights of its own, only the graph whose outputs are `<task>_logits` per task and
+    `sentence_embedding`. Subclasses run the graph (ONNX Runtime, OpenVINO); CPU only.
+    """
+
+    device = torch.device("cpu")
+    dtype = torch.float32
+    input_modalities = ("text",)
+
+    def __init__(self, folder, file_name=None):
+        self.name_or_path = str(folder)
+        self.file_name = file_name or ONNX_FILE
+        self.config = MultiTaskConfig.from_pretrained(self.name_or_path)
+        self.path = cached_file(self.name_or_path, self.file_name)
+        self.task_names = [task["name"] for task in self.config.tasks]
+
+    def to(self, device):
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"{type(self).__name__} runs on the CPU only, not on {device}")
+        return self
+
+    def can_generate(self):
+        return False
+
+    def logits(self, model_inputs, bf16):
+        outputs = self._run(model_inputs, [name + LOGITS_OUTPUT_SUFFIX for name in self.task_names], bf16)
+        return dict(zip(self.task_names, outputs))
+
+    def embeddings(self, model_inputs, bf16):
+        return self._run(model_inputs, [EMBEDDING_OUTPUT], bf16)[0]
+
+    def _feeds(self, model_inputs):
+        """The graph's inputs as int64 numpy arrays; the tokenizer's other outputs are not graph inputs."""
+        missing = [name for name in self.input_names if name not in model_inputs]
+        if missing:
+            raise ValueError(f"{self.path} takes inputs {missing} that the tokenizer did not produce")
+        return {name: model_inputs[name].numpy() for name in self.input_names}
+
+
+class OnnxRuntimeModel(ExportedMultiTaskModel):
+    """The exported graph in an ONNX Runtime session (`backend="onnx"`): float32 `model.onnx` or `model_int8.onnx`."""
+
+    def __init__(self, folder, file_name=None, session_options=None, providers=None):
+        super().__init__(folder, file_name)
+        onnxruntime = import_backend("onnxruntime", "onnx")
+        if session_options is None:
+            session_options = onnxruntime.SessionOptions()
+            # The torch path's thread count (torch's default or `torch.set_num_threads`), so both compare alike.
+            session_options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(
+            self.path, session_options, providers=providers or ["CPUExecutionProvider"]
+        )
+        self.input_names = [node.name for node in self.session.get_inputs()]
+
+    def uses_bf16(self, bf16):
+        if bf16:
+            raise ValueError(
+                "bf16: the onnx backend runs the exported graph as it was written (model.onnx in float32, "
+                "model_int8.onnx in int8); use the torch or openvino backend for bf16"
+            )
+        return False
+
+    def _run(self, model_inputs, output_names, bf16):
+        return [torch.from_numpy(output) for output in self.session.run(output_names, self._feeds(model_inputs))]
+
+
+class OpenVINOModel(ExportedMultiTaskModel):
+    """
+    The exported graph compiled by OpenVINO for the CPU (`backend="openvino"`). Its CPU plugin computes in bfloat16 where
+    the CPU has native bf16 and in float32 elsewhere, like the torch path's default; `bf16=True/False` forces either.
+    """
+
+    def __init__(self, folder, file_name=None):
+        super().__init__(folder, file_name)
+        openvino = import_backend("openvino", "openvino")
+        self._core = openvino.Core()
+        self._graph = self._core.read_model(self.path)
+        self.input_names = [port.get_any_name() for port in self._graph.inputs]
+        self._compiled = {}
+
+    def uses_bf16(self, bf16):
+        return cpu_has_native_bf16() if bf16 is None else bf16
+
+    def _run(self, model_inputs, output_names, bf16):
+        precision = "bf16" if bf16 else "f32"
+        if precision not in self._compiled:  # compiled on first use, once per precision
+            properties = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+            self._compiled[precision] = self._core.compile_model(self._graph, "CPU", properties)
+        compiled = self._compiled[precision]
+        results = compiled(self._feeds(model_inputs))
+        return [torch.from_numpy(np.asarray(results[compiled.output(name)], dtype=np.float32)) for name in output_names]
+
+
+EXPORTED_BACKENDS = {"onnx": OnnxRuntimeModel, "openvino": OpenVINOModel}
+BACKENDS = ("torch", *EXPORTED_BACKENDS)
+
+
 @dataclass
 class _Chunk:
     """One model input: a whole input or one window of a long one, and the words it predicts."""
@@ -216,13 +372,24 @@ class MultiTaskPipeline(Pipeline):
         max_length (`int`, *optional*): tokens per window, at most (and by default) the tokenizer's and encoder's limit.
         bf16 (`bool`, *optional*): bfloat16 autocast. Default: on for a float32 model on a CPU with native bf16
             instructions (AVX512-BF16 or AMX), where it is about 2.5x faster on MiniLM with embedding cosines above
-            0.9999 to float32; off everywhere else (`HF_MTL_NATIVE_BF16=0` / `=1` overrides the CPU check).
+            0.9999 to float32; off everywhere else (`HF_MTL_NATIVE_BF16=0` / `=1` overrides the CPU check). The
+            openvino backend follows the same rule; the onnx backend has no bf16 (`bf16=True` is an error).
 
     Precision: in float32 an input's logits and embedding do not depend on the batch it was computed in (to ~1e-6).
     bf16 keeps 8 bits of mantissa, and the kernels it runs depend on the batch's shape, so there an embedding moves
     with its batch's padding length: a cosine similarity by up to ~1e-3, against float32 by up to ~2e-3; labels and
     spans are unchanged wherever the model is not on a knife edge. `similarity(a, b)` is always the dot products of
     `embed(a, normalize=True)` and `embed(b, normalize=True)` in the same precision.
+
+    Construction only:
+        backend (`str`, defaults to `"torch"`): `"torch"` runs the `MultiTaskModel`; `"onnx"` (ONNX Runtime) and
+            `"openvino"` run a folder written by `hf-mtl export-onnx` (`pip install 'hf_mtl[onnx]'` /
+            `'hf_mtl[openvino]'`). Every backend feeds the same preprocessing and decoding.
+        file_name (`str`, *optional*): the graph in an exported folder, `"model.onnx"` (default) or
+            `"model_int8.onnx"` (written by `--quantize int8`).
+        compile (`bool` or `dict`, defaults to `False`): run the torch model through `torch.compile` (a dict: its
+            options). The first calls of each input shape family compile (seconds to minutes); set
+            `TORCHINDUCTOR_CACHE_DIR` to a lasting folder so that later processes reuse the compiled kernels.
     """
 
     _load_processor = False
@@ -230,14 +397,45 @@ class MultiTaskPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = True
 
-    def __init__(self, model, tokenizer=None, dtype=None, trust_remote_code=None, revision=None, token=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        dtype=None,
+        trust_remote_code=None,
+        revision=None,
+        token=None,
+        backend="torch",
+        file_name=None,
+        compile=False,
+        **kwargs,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: {backend!r} is not one of {list(BACKENDS)}")
         if isinstance(model, (str, os.PathLike)):
-            load_kwargs = {"revision": revision, "token": token}
             if tokenizer is None:
-                tokenizer = AutoTokenizer.from_pretrained(model, **load_kwargs)
-            if dtype is not None:
-                load_kwargs["dtype"] = dtype
-            model = AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code, **load_kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, token=token)
+            if backend != "torch":
+                model = EXPORTED_BACKENDS[backend](model, file_name=file_name)
+            else:
+                load_kwargs = {"revision": revision, "token": token}
+                if dtype is not None:
+                    load_kwargs["dtype"] = dtype
+                model = AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code, **load_kwargs)
+        elif backend != "torch" and not isinstance(model, EXPORTED_BACKENDS[backend]):
+            raise ValueError(
+                f"backend={backend!r} runs a folder written by `hf-mtl export-onnx` (or a "
+                f"{EXPORTED_BACKENDS[backend].__name__}), not a {type(model).__name__}"
+            )
+        if isinstance(model, ExportedMultiTaskModel):
+            if compile:
+                raise ValueError("compile: torch.compile applies to the torch backend only")
+            kwargs.setdefault("device", "cpu")
+            self.backend = model
+        else:
+            if file_name is not None:
+                raise ValueError("file_name: names the graph of an exported folder; the torch backend has none")
+            self.backend = TorchBackend(model, compile=compile)
         tasks = getattr(model.config, "tasks", None)
         if not tasks:
             raise ValueError(f"MultiTaskPipeline needs a model with `config.tasks`, got {type(model).__name__}")
@@ -425,10 +623,12 @@ class MultiTaskPipeline(Pipeline):
             yield indices, self.tokenizer.pad([features[index] for index in indices], return_tensors="pt")
 
     def _forward(self, model_inputs, bf16=None, embed=False, normalize=None):
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._use_bf16(bf16)):
-            if embed:
-                return self.model.embed(**model_inputs, normalize=normalize).float()
-            return {name: logits.float() for name, logits in self.model(**model_inputs).logits.items()}
+        bf16 = self._use_bf16(bf16)
+        if not embed:
+            return self.backend.logits(model_inputs, bf16)
+        embeddings = self.backend.embeddings(model_inputs, bf16)
+        normalize = self.model.config.normalize_embeddings if normalize is None else normalize
+        return F.normalize(embeddings, p=2, dim=-1) if normalize else embeddings
 
     def postprocess(self, example, return_tags=False):
         output = {"text": example.text}
@@ -489,6 +689,8 @@ class MultiTaskPipeline(Pipeline):
         return float(scores[0, 0]) if isinstance(a, str) and isinstance(b, str) else scores
 
     def save_pretrained(self, save_directory, **kwargs):
+        if not isinstance(self.backend, TorchBackend):
+            raise ValueError(f"an exported folder ({self.model.name_or_path}) is complete as it is: copy it instead")
         super().save_pretrained(save_directory, **kwargs)
         add_pipeline_to_folder(save_directory)
 
@@ -505,9 +707,7 @@ class MultiTaskPipeline(Pipeline):
         )
 
     def _use_bf16(self, bf16):
-        if bf16 is not None:
-            return bf16
-        return self.model.dtype == torch.float32 and self.device.type == "cpu" and cpu_has_native_bf16()
+        return self.backend.uses_bf16(bf16)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -572,7 +772,10 @@ def add_pipeline_to_folder(folder) -> None:
 
 
 __all__ = [
+    "BackendNotInstalledError",
     "MultiTaskPipeline",
+    "OnnxRuntimeModel",
+    "OpenVINOModel",
     "add_pipeline_to_folder",
     "check_tokenizer",
     "cpu_has_native_bf16",

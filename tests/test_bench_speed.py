@@ -9,9 +9,12 @@ import pytest
 from conftest import REPO_ROOT, SHARED_DATA
 
 SPEED = REPO_ROOT / "bench" / "speed.py"
-INFERENCE = ["hf_mtl_pipeline_default", "hf_mtl_pipeline_fp32", "hf_mtl_pipeline_bf16", "hf_two_models_fp32",
+INFERENCE = ["hf_mtl_pipeline_default", "hf_mtl_pipeline_fp32", "hf_mtl_pipeline_bf16", "hf_mtl_compiled_fp32",
+             "hf_mtl_compiled_bf16", "hf_mtl_onnx_fp32", "hf_mtl_onnx_int8", "hf_two_models_fp32",
              "hf_two_models_bf16", "hf_pipelines_fp32", "hf_pipelines_bf16"]
-TRAINING = ["hf_mtl_joint_fp32", "hf_mtl_joint_bf16", "hf_two_models_fp32", "hf_two_models_bf16"]
+TRAINING = [f"{method}_{precision}" for precision in ("fp32", "bf16") for method in
+            ("hf_mtl_joint", "hf_mtl_joint_foreach_adamw", "hf_mtl_joint_fused_adamw", "hf_mtl_joint_compiled",
+             "hf_two_models")]
 BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
 
 
@@ -20,14 +23,28 @@ def run_speed(*args, timeout=240):
                           text=True, timeout=timeout)
 
 
-def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_encoder):
+def trained_snips_model(speed, encoder, folder):
+    """The tiny encoder with SNIPS intent + slot heads, saved as a training run leaves its model."""
+    from transformers import AutoTokenizer
+
+    from hf_mtl import MultiTaskModel
+
+    model = MultiTaskModel.from_encoder(str(encoder), tasks=speed.snips_tasks(*speed.snips_labels()))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(encoder).save_pretrained(folder)
+    return folder
+
+
+def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_encoder, speed):
     if not (SHARED_DATA / "snips").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (only present in the project's own checkouts)")
     out, markdown = tmp_path / "out" / "speed.json", tmp_path / "BENCHMARKS.md"
     markdown.write_text("# Benchmarks\n\nQuality intro.\n\n## Results\n\nkept as it is\n", encoding="utf-8")
-    args = ("--smoke", "--threads", "1", "--model", tiny_encoder, "--out", out, "--markdown", markdown)
+    args = ("--smoke", "--threads", "1", "--model", tiny_encoder, "--out", out, "--markdown", markdown,
+            "--export-dir", tmp_path / "export")
+    trained = trained_snips_model(speed, tiny_encoder, tmp_path / "trained")
 
-    done = run_speed(*args, "--profile")
+    done = run_speed(*args, "--backends", "torch,compiled,onnx", "--trained-model", trained, "--profile", timeout=480)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["smoke"] is True and result["environment"]["torch_threads"] == 1
@@ -41,10 +58,18 @@ def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_e
         assert "error" not in row, (key, row.get("error"))
         assert row["sentences"] > 0 and row["sentences_per_second"] > 0, key
         assert row["computed_tokens"] >= row["real_tokens"] > 0, key
-        assert row["model_gflops"] > 0 and 0 < row["share_of_peak"], key
-        assert row["peak_rss_mib"] > 0, key
+        assert row["model_gflops"] > 0, key
+        # int8 has no measured peak to divide by
+        assert (row["share_of_peak"] is None) if row["precision"] == "int8" else (row["share_of_peak"] > 0), key
+        assert row["peak_rss_mib"] > 0 and row["load_seconds"] > 0 and row["first_call_seconds"] > 0, key
+        assert ("first_call_seconds_warm_cache" in row) is key.startswith("hf_mtl_compiled"), key
     # Two stock models compute twice the FLOPs of one joint pass over the same tokens.
     assert inference["hf_two_models_fp32"]["model_gflop"] > inference["hf_mtl_pipeline_fp32"]["model_gflop"]
+    # Every backend gets the same padded batches from the shared preprocessing, so the same tokens and FLOPs.
+    for key in ("hf_mtl_compiled_fp32", "hf_mtl_onnx_fp32", "hf_mtl_onnx_int8"):
+        for field in ("computed_tokens", "real_tokens", "forward_passes", "model_gflop"):
+            assert inference[key][field] == inference["hf_mtl_pipeline_fp32"][field], (key, field)
+    assert result["export"]["file_mib"].keys() == {"model.onnx", "model_int8.onnx"}
 
     for name, ratio in result["ratios"].items():
         ours, theirs = inference[ratio["ours"]], inference[ratio["theirs"]]
@@ -59,21 +84,38 @@ def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_e
     padding = result["padding"]
     assert padding["pad_to_128"] > padding["training_group_by_length_32"] >= 1
     assert padding["inference_length_sorted_64"] >= 1
-    assert "skipped" in result["bf16_accuracy"]
-    assert "self CPU" in (out.parent / "speed_profile.txt").read_text()
+    assert all(row["first_step_seconds"] > 0 for row in result["training"].values())
+    assert result["bf16_accuracy"]["fp32"]["sentences"] == result["bf16_accuracy"]["bf16"]["sentences"] == 128
+    agreement = {(row["method"], row["split"]): row for row in result["backend_accuracy"]}
+    assert set(agreement) == {("hf_mtl_pipeline_bf16", "dev"), ("hf_mtl_compiled_bf16", "dev"),
+                              ("hf_mtl_onnx_fp32", "test"), ("hf_mtl_onnx_int8", "dev")}
+    for row in agreement.values():
+        assert row["sentences"] == 128 and 0 <= row["sentences_predicted_differently"] <= 128
+        if row["split"] == "test":  # an fp32 export must predict exactly as torch fp32
+            assert row["reached"] is (row["sentences_predicted_differently"] == 0)
+        else:
+            worst = max(abs(row["intent_difference"]), abs(row["slot_f1_difference"]))
+            assert row["target"] == (0.3 if row["method"].endswith("int8") else 0.2)
+            assert row["reached"] is (worst <= row["target"])
+    assert "predictions" not in json.dumps(result)
+    profile = (out.parent / "speed_profile.txt").read_text()
+    assert "self CPU" in profile and "ONNX Runtime: operator kernel time" in profile
+    assert profile.count("\n== ") == 5 and "== hf_mtl_onnx_int8 (" in profile  # default, torch, compiled, 2 onnx
 
     first = markdown.read_text(encoding="utf-8")
     assert first.count(BEGIN) == 1 and first.count(END) == 1 and first.count("## Speed") == 1
     assert first.startswith("# Benchmarks\n\nQuality intro.\n\n## Results\n\nkept as it is\n")
     section = first[first.index(BEGIN):first.index(END)]
     assert "| hf_two_models | fp32 |" in section and "| hf_mtl_joint | bf16 |" in section
+    assert "| hf_mtl_onnx_fp32 | test | 128 |" in section and "| hf_mtl_onnx | int8 |" in section
 
-    again = run_speed(*args)
+    again = run_speed(*args, "--backends", "torch")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     second = markdown.read_text(encoding="utf-8")
     assert second.count(BEGIN) == 1 and second.count(END) == 1 and second.count("## Speed") == 1
     assert second[:second.index(BEGIN)] == first[:first.index(BEGIN)]
     assert second != first  # the section is the new run's (its date and timings), not the old one
+    assert "skipped" in json.loads(out.read_text())["bf16_accuracy"] and "hf_mtl_onnx" not in second
     assert json.loads(out.read_text())["environment"]["date"] in second
 
 
