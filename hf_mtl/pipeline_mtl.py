@@ -676,6 +676,8 @@ class MultiTaskPipeline(Pipeline):
             del feature["offset_mapping"], feature["special_tokens_mask"]
 
         embeddings = np.zeros((len(texts), self.model.config.encoder.hidden_size), dtype=np.float32)
+        # A `bf16` given at construction holds here too, unless this call says otherwise.
+        bf16 = self._forward_params.get("bf16") if bf16 is None else bf16
         forward_params = {"embed": True, "normalize": normalize, "bf16": bf16}
         for indices, model_inputs in self._batches(features, batch_size):
             embeddings[indices] = self.forward(model_inputs, **forward_params).numpy()

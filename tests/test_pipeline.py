@@ -180,6 +180,12 @@ def test_embed_and_similarity_in_bf16(pipe):
     np.testing.assert_allclose(embeddings @ embeddings.T, fp32 @ fp32.T, atol=BF16_COSINE_TOLERANCE)
 
 
+def test_bf16_given_at_construction_holds_for_embeddings(model_dir):
+    constructed = MultiTaskPipeline(str(model_dir), bf16=False)
+    np.testing.assert_array_equal(constructed.embed(TEXTS), constructed.embed(TEXTS, bf16=False))
+    assert constructed._forward_params["bf16"] is False
+
+
 def test_bf16_default_follows_the_cpu_check(pipe, monkeypatch):
     monkeypatch.setenv("HF_MTL_NATIVE_BF16", "0")
     assert pipe._use_bf16(None) is False and pipe._use_bf16(True) is True
