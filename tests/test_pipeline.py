@@ -180,7 +180,8 @@ def test_embed_and_similarity_in_bf16(pipe):
     np.testing.assert_allclose(embeddings @ embeddings.T, fp32 @ fp32.T, atol=BF16_COSINE_TOLERANCE)
 
 
-def test_bf16_given_at_construction_holds_for_embeddings(model_dir):
+def test_bf16_given_at_construction_holds_for_embeddings(model_dir, monkeypatch):
+    monkeypatch.setenv("HF_MTL_NATIVE_BF16", "1")  # bf16 would be the default: the constructor's False must win
     constructed = MultiTaskPipeline(str(model_dir), bf16=False)
     np.testing.assert_array_equal(constructed.embed(TEXTS), constructed.embed(TEXTS, bf16=False))
     assert constructed._forward_params["bf16"] is False
