@@ -22,17 +22,18 @@ from .data import MultiTaskCollator, TaskSpec, prepare_datasets
 from .errors import ConfigError, HfMtlError, ModelError
 from .evaluation import build_compute_metrics, decode_predictions, preprocess_logits_for_metrics
 from .hub import push_folder_to_hub
+from .lora import LoraSettings, add_lora
 from .model_card import write_model_card
 from .modeling_mtl import MultiTaskModel
 from .pipeline_mtl import add_pipeline_to_folder
 from .plots import write_plots
 from .reports import write_predictions_jsonl, write_report
+from .scale import adapt_to_machine, machine_defaults, whole_weights_at_load
 from .training import (
     GradualUnfreezingCallback,
     MultiTaskTrainer,
     apply_freezing,
     encoder_layers,
-    fall_back_from_emulated_bf16,
     last_complete_checkpoint,
     parameter_summary,
 )
@@ -83,9 +84,13 @@ class ModelArguments:
     encoder_learning_rate: float | None = field(default=None, metadata={"help": "Encoder LR (default learning_rate)."})
     head_learning_rate: float | None = field(default=None, metadata={"help": "Heads LR (default learning_rate)."})
     layerwise_lr_decay: float | None = field(default=None, metadata={"help": "γ: layer l of L gets lr·γ^(L−l)."})
+    lora: dict | str | None = field(
+        default=None, metadata={"help": 'LoRA on the encoder (hf_mtl[peft]): {"r", "alpha", "dropout", "target_modules"} or true.'}
+    )
 
     def __post_init__(self):
-        parse_json_fields(self, "loss_weights", "unfreeze_schedule")
+        parse_json_fields(self, "loss_weights", "unfreeze_schedule", "lora")
+        self.lora = LoraSettings.from_config(self.lora)
 
 
 @dataclass
@@ -129,6 +134,7 @@ def parse_arguments(argv):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{config_path}: unknown config keys {unknown}")
+    values = machine_defaults(values, overrides)  # scale: no GPU -> use_cpu; bf16 only where the GPU has it
     # JSON values become argparse defaults, so command-line `--key value` wins and required keys may come from either.
     parser.set_defaults(**values)
     for action in parser._actions:
@@ -291,7 +297,7 @@ def main(argv=None):
         log_level = logging.INFO if training_args.should_log else logging.WARNING
     logging.getLogger("hf_mtl").setLevel(log_level)
     set_seed(training_args.seed)
-    fall_back_from_emulated_bf16(training_args)
+    adapt_to_machine(training_args)  # scale: bf16 only where native, installed reporters, one line on the device
 
     # ---- data ----------------------------------------------------------------------------------------------------
     model_path = resolve_model_path(model_args.model_name_or_path)
@@ -339,7 +345,10 @@ def main(argv=None):
         test_dataset = test_dataset.select(range(min(data_args.max_eval_samples, len(test_dataset)))) if test_dataset else None
 
     # ---- model and freezing ----------------------------------------------------------------------------------------
-    model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
+    with whole_weights_at_load(training_args):  # scale: DeepSpeed ZeRO-3 shards at training start, not at load
+        model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
+    if model_args.lora:  # lora: adapters on the encoder, heads trained fully
+        add_lora(model, model_args.lora, model_path)
     apply_freezing(
         model, freeze_encoder=model_args.freeze_encoder, freeze_embeddings=model_args.freeze_embeddings,
         freeze_layers=model_args.freeze_layers, freeze_heads=model_args.freeze_heads or (),
@@ -470,6 +479,7 @@ def training_settings(model_config, model_args, data_args, training_args) -> dic
         "freeze_layers": model_args.freeze_layers or None,
         "freeze_heads": model_args.freeze_heads,
         "unfreeze_schedule": model_args.unfreeze_schedule,
+        "lora": dataclasses.asdict(model_args.lora) if model_args.lora else None,
         "bf16": training_args.bf16 or None,
         "seed": training_args.seed,
     }

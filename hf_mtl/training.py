@@ -173,6 +173,48 @@ class MultiTaskTrainer(Trainer):
         self.optimizer_groups_kwargs = optimizer_groups_kwargs or {}
         self._task_loss_sums = {}  # task -> (sum of its batch losses, number of batches with its labels)
 
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        from .scale import prepare_fsdp
+
+        prepare_fsdp(self)  # scale: FSDP on CPU processes too, units = the encoder's layers
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        from .scale import full_state_dict_for_final_save
+
+        with full_state_dict_for_final_save(self, final=not _internal_call):  # scale: one model.safetensors
+            super().save_model(output_dir, _internal_call)
+
+    def _save(self, output_dir=None, state_dict=None):
+        from .lora import has_lora, save_merged
+        from .scale import plain_model_class
+
+        if has_lora(self.model):  # lora: merged weights in model.safetensors, the adapter beside them
+            state_dict = save_merged(self.model, state_dict, output_dir or self.args.output_dir, self.args.should_save)
+        with plain_model_class(self.model):  # scale: FSDP2's generated class must not become the saved code
+            super()._save(output_dir, state_dict)
+
+    def _loads_merged_lora(self) -> bool:
+        """LoRA checkpoints hold merged weights; FSDP and DeepSpeed resume from their own files of the live model."""
+        from .lora import has_lora
+
+        return has_lora(self.model) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self._loads_merged_lora():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from .lora import load_merged
+
+        load_merged(self.model if model is None else model, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        if not self._loads_merged_lora():
+            return super()._load_best_model()
+        from .lora import load_merged
+
+        logger.info(f"loading the best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric})")
+        load_merged(self.model, self.state.best_model_checkpoint)
+
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
@@ -229,6 +271,7 @@ class MultiTaskTrainer(Trainer):
 
 def last_complete_checkpoint(output_dir: str):
     """The newest `checkpoint-*` folder whose trainer state and weights are intact; damaged ones are skipped with a warning."""
+    from accelerate.utils.constants import FSDP_MODEL_NAME
     from safetensors import safe_open
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -244,6 +287,11 @@ def last_complete_checkpoint(output_dir: str):
         try:
             with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as state_file:
                 json.load(state_file)
+            shards = os.path.join(folder, f"{FSDP_MODEL_NAME}_0")  # an FSDP SHARDED_STATE_DICT checkpoint
+            if os.path.isdir(shards) and not os.path.exists(os.path.join(folder, "model.safetensors")):
+                if not os.path.isfile(os.path.join(shards, ".metadata")):  # written last, when every shard is in
+                    raise FileNotFoundError(f"{shards} has no .metadata: the sharded save did not finish")
+                return folder
             with safe_open(os.path.join(folder, "model.safetensors"), framework="pt") as weights:
                 for key in weights.keys():
                     weights.get_slice(key)

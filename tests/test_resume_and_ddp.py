@@ -1,47 +1,16 @@
 """Crash and resume (SIGKILL, damaged checkpoint) and multi-process DDP on CPU, each in real subprocesses."""
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-from train_fixtures import joint_config, save_tiny_encoder, weights, write_joint_data
-
-# Runs the real entry point, but SIGKILLs the process right after it has written the checkpoint of `kill_step`.
-KILLED_RUN = """
-import os, signal, sys
-from transformers import Trainer
-original_save = Trainer._save_checkpoint
-def save_then_die(self, *args, **kwargs):
-    original_save(self, *args, **kwargs)
-    if self.state.global_step >= int(os.environ["KILL_AT_STEP"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-Trainer._save_checkpoint = save_then_die
-from hf_mtl.train import cli_main
-cli_main(sys.argv[1:])
-"""
+from train_fixtures import KILLED_RUN, accelerate_launch, joint_config, run_process, training_root, weights, write_config
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("resume")
-    encoder = save_tiny_encoder(root / "encoder", tokenizer)
-    data = write_joint_data(root / "data")
-    return root, encoder, data
-
-
-def run(args, env_extra=None, timeout=300):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env_extra or {}))
-    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
-
-
-def write_config(root, name, config):
-    path = root / f"{name}.json"
-    path.write_text(json.dumps(config))
-    return str(path)
+    return training_root(tmp_path_factory, tokenizer, "resume")
 
 
 def resume_config(encoder, data, output, mixed=False):
@@ -61,7 +30,7 @@ def uninterrupted(setup):
     final = {}
     for mixed in (False, True):
         output = root / f"uninterrupted_{mixed}"
-        result = run([sys.executable, "run_mtl.py", write_config(root, f"plain_{mixed}", resume_config(encoder, data, output, mixed))])
+        result = run_process([sys.executable, "run_mtl.py", write_config(root, f"plain_{mixed}", resume_config(encoder, data, output, mixed))])
         assert result.returncode == 0, result.stderr[-3000:]
         final[mixed] = weights(output)
     return final
@@ -74,7 +43,7 @@ def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_
     output = root / f"killed_{kill_step}_{mixed}"
     config_path = write_config(root, f"killed_{kill_step}_{mixed}", resume_config(encoder, data, output, mixed))
 
-    killed = run([sys.executable, "-c", KILLED_RUN, config_path], {"KILL_AT_STEP": str(kill_step)})
+    killed = run_process([sys.executable, "-c", KILLED_RUN, config_path], {"KILL_AT_STEP": str(kill_step)})
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert (output / f"checkpoint-{kill_step}" / "trainer_state.json").is_file()
     assert not (output / "model.safetensors").exists()
@@ -82,7 +51,7 @@ def test_killed_run_resumes_to_bit_identical_weights(setup, uninterrupted, kill_
         newest = output / f"checkpoint-{kill_step}" / "model.safetensors"
         newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
 
-    resumed = run([sys.executable, "run_mtl.py", config_path, "--resume_from_checkpoint", "true"])
+    resumed = run_process([sys.executable, "run_mtl.py", config_path, "--resume_from_checkpoint", "true"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
     if damage_newest:
@@ -105,11 +74,7 @@ def test_two_process_ddp_on_cpu(setup):
                               do_predict=False,
                               ddp_timeout=120, logging_steps=5)
         path = write_config(root, f"ddp_{processes}x{batch_size}", config)
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-                    "--dynamo_backend", "no", "--num_processes", str(processes)]
-        if processes == 2:
-            launcher.append("--multi_gpu")
-        result = run(launcher + ["run_mtl.py", path], timeout=400)
+        result = run_process(accelerate_launch(processes) + ["run_mtl.py", path], timeout=400)
         assert result.returncode == 0, result.stderr[-4000:]
         assert f"world size {processes}" in result.stdout + result.stderr
         state = json.loads((output / "trainer_state.json").read_text())
