@@ -1,4 +1,6 @@
-"""One config on any machine and engine: the device a run picks, the TensorBoard fallback, FSDP on CPU processes.
+"""One config on any machine and engine (issue 18): the device a run picks, the TensorBoard fallback, FSDP as asked
+(CPU processes too), DeepSpeed ZeRO-3 loading, and `ScaleTrainerMixin`, what `MultiTaskTrainer` adds to `Trainer` for
+the engines and for LoRA checkpoints.
 
 The shipped configs ask for `bf16` and `report_to: tensorboard`; the same JSON must run on a laptop, a CPU server, one
 GPU and several, under `python`, `torchrun` or `accelerate launch` (DDP, FSDP, DeepSpeed).
@@ -11,7 +13,6 @@ import os
 import torch
 
 from .errors import ConfigError
-from .training import fall_back_from_emulated_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ def drop_missing_reporters(training_args) -> None:
 
 def adapt_to_machine(training_args) -> None:
     """After parsing: bf16 only where native, reporters that are installed, and one log line saying what runs where."""
+    from .training import fall_back_from_emulated_bf16
+
     fall_back_from_emulated_bf16(training_args)
     drop_missing_reporters(training_args)
     device = training_args.device
@@ -184,3 +187,46 @@ def whole_weights_at_load(training_args):
         yield
     finally:
         set_hf_deepspeed_config(training_args.hf_deepspeed_config)
+
+
+class ScaleTrainerMixin:
+    """What `MultiTaskTrainer` adds to `Trainer` for the engines and LoRA: FSDP set up as asked (CPU processes too),
+    a final FSDP save gathered into one `model.safetensors` with the model's own code files, and LoRA checkpoints
+    (merged weights + adapter) saved and read back."""
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        prepare_fsdp(self)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        with full_state_dict_for_final_save(self, final=not _internal_call):
+            super().save_model(output_dir, _internal_call)
+
+    def _save(self, output_dir=None, state_dict=None):
+        from .lora import has_lora, save_merged
+
+        if has_lora(self.model):
+            state_dict = save_merged(self.model, state_dict, output_dir or self.args.output_dir, self.args.should_save)
+        with plain_model_class(self.model):
+            super()._save(output_dir, state_dict)
+
+    def _loads_merged_lora(self) -> bool:
+        """LoRA checkpoints hold merged weights; FSDP and DeepSpeed resume from their own files of the live model."""
+        from .lora import has_lora
+
+        return has_lora(self.model) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self._loads_merged_lora():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from .lora import load_merged
+
+        load_merged(self.model if model is None else model, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        if not self._loads_merged_lora():
+            return super()._load_best_model()
+        from .lora import load_merged
+
+        logger.info(f"loading the best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric})")
+        load_merged(self.model, self.state.best_model_checkpoint)

@@ -10,6 +10,7 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 
 from .errors import ConfigError
+from .scale import ScaleTrainerMixin  # FSDP / DeepSpeed glue and LoRA saving (issue 18)
 
 logger = logging.getLogger(__name__)
 
@@ -165,55 +166,13 @@ class GradualUnfreezingCallback(TrainerCallback):
                 group["lr"] = 0.0
 
 
-class MultiTaskTrainer(Trainer):
+class MultiTaskTrainer(ScaleTrainerMixin, Trainer):
     """Trainer with per-depth learning-rate groups and per-task training losses logged beside the total."""
 
     def __init__(self, *args, optimizer_groups_kwargs=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.optimizer_groups_kwargs = optimizer_groups_kwargs or {}
         self._task_loss_sums = {}  # task -> (sum of its batch losses, number of batches with its labels)
-
-    def create_accelerator_and_postprocess(self):
-        super().create_accelerator_and_postprocess()
-        from .scale import prepare_fsdp
-
-        prepare_fsdp(self)  # scale: FSDP on CPU processes too, units = the encoder's layers
-
-    def save_model(self, output_dir=None, _internal_call=False):
-        from .scale import full_state_dict_for_final_save
-
-        with full_state_dict_for_final_save(self, final=not _internal_call):  # scale: one model.safetensors
-            super().save_model(output_dir, _internal_call)
-
-    def _save(self, output_dir=None, state_dict=None):
-        from .lora import has_lora, save_merged
-        from .scale import plain_model_class
-
-        if has_lora(self.model):  # lora: merged weights in model.safetensors, the adapter beside them
-            state_dict = save_merged(self.model, state_dict, output_dir or self.args.output_dir, self.args.should_save)
-        with plain_model_class(self.model):  # scale: FSDP2's generated class must not become the saved code
-            super()._save(output_dir, state_dict)
-
-    def _loads_merged_lora(self) -> bool:
-        """LoRA checkpoints hold merged weights; FSDP and DeepSpeed resume from their own files of the live model."""
-        from .lora import has_lora
-
-        return has_lora(self.model) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        if not self._loads_merged_lora():
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        from .lora import load_merged
-
-        load_merged(self.model if model is None else model, resume_from_checkpoint)
-
-    def _load_best_model(self):
-        if not self._loads_merged_lora():
-            return super()._load_best_model()
-        from .lora import load_merged
-
-        logger.info(f"loading the best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric})")
-        load_merged(self.model, self.state.best_model_checkpoint)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
