@@ -117,6 +117,14 @@ def build_rows() -> dict:
         config=lambda: with_keys(only_tasks(snips_recipe(), {"slots"}), seed=1), seed=1)
     add("snips_mtl_frozen", "snips", "mtl", "hf_mtl joint, encoder frozen (heads only), seed 1",
         config=lambda: with_keys(snips_recipe(), seed=1, freeze_encoder=True), seed=1)
+    # LoRA vs full fine-tuning (issue 18): run the three in one sitting, so step time and peak memory compare
+    add("snips_full_ft", "snips_lora", "mtl", "hf_mtl joint, full fine-tuning (recipe), seed 1",
+        config=lambda: with_keys(snips_recipe(), seed=1), seed=1)
+    for rank in (8, 16):
+        add(f"snips_lora_r{rank}", "snips_lora", "mtl",
+            f"hf_mtl joint, LoRA r={rank} alpha={2 * rank} on query/value, encoder lr 5e-4, seed 1",
+            config=lambda rank=rank: with_keys(snips_recipe(), seed=1, lora={"r": rank, "alpha": 2 * rank},
+                                               encoder_learning_rate=5e-4), seed=1)
 
     add("conll_ag_mtl_proportional", "conll_ag", "mtl", "hf_mtl NER + topic, task_sampling proportional, seed 1",
         config=lambda: with_keys(conll_ag_recipe(), task_sampling="proportional"), seed=1)
@@ -269,11 +277,14 @@ def run_mtl_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     command = [PYTHON, "run_mtl.py", str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
                *extra_args]
     started = time.time()
-    with open(run_dir.parent / f"{run_dir.name}.log", "w", encoding="utf-8") as log:
-        process = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    log_file = run_dir.parent / f"{run_dir.name}.log"
+    with open(log_file, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)  # this run's own peak RSS (KiB on Linux)
     wall = time.time() - started
-    if process.returncode != 0:
-        raise SystemExit(f"{row['name']}: run_mtl.py failed (exit {process.returncode}); see {log.name}")
+    returncode = os.waitstatus_to_exitcode(status)
+    if returncode != 0:
+        raise SystemExit(f"{row['name']}: run_mtl.py failed (exit {returncode}); see {log.name}")
     train = read_json(run_dir / "train_results.json")
     test = read_json(run_dir / "test_results.json") if (run_dir / "test_results.json").exists() else {}
     evaluation = read_json(run_dir / "eval_results.json")
@@ -285,8 +296,13 @@ def run_mtl_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     if any(task["name"] == "similarity" for task in config["tasks"]):
         metrics["zero_shot_similarity_pearson"] = zero_shot_pearson(config)
     state = read_json(run_dir / "trainer_state.json")
+    parameters = re.search(r"total\s+trainable\s+([\d,]+)\s+frozen\s+([\d,]+)", log_file.read_text(encoding="utf-8"))
     return dict(
         metrics=metrics,
+        trainable_parameters=int(parameters.group(1).replace(",", "")) if parameters else None,
+        total_parameters=sum(int(group.replace(",", "")) for group in parameters.groups()) if parameters else None,
+        peak_rss_mib=usage.ru_maxrss / 1024,
+        seconds_per_step=train["train_runtime"] / state["global_step"] if state.get("global_step") else None,
         precision="bf16" if read_json(run_dir / "training_args.json").get("bf16") else "fp32",
         train_seconds=train.get("train_runtime"),
         train_samples_per_second=train.get("train_samples_per_second"),
@@ -479,6 +495,8 @@ PAIRS_COLUMNS = ("row", "model", "MRPC F1", "MRPC acc", "STS Pearson (val)", "ST
                  "zero-shot cosine Pearson", "SNIPS intent acc", "SNIPS slot F1", "train s", "run on", "command")
 MIXSNIPS_COLUMNS = ("row", "model", "intent exact-set acc", "intent micro-F1", "slot F1", "train s", "best epoch",
                     "run on", "command")
+LORA_COLUMNS = ("row", "model", "intent acc", "slot F1", "trainable parameters", "s/step", "peak RSS MiB", "train s",
+                "run on", "command")
 
 
 def best_epoch(result) -> str:
@@ -527,27 +545,28 @@ def table_markdown(results_dir: Path) -> str:
     def get(result, key):
         return result["metrics"].get(key) if result else None
 
+    def setting_table(setting, columns, measured):
+        """The rows of one setting; `measured(result)` gives the cells between the description and the command."""
+        table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for name, row in ROWS.items():
+            if row["setting"] != setting:
+                continue
+            result = results.get(name)
+            cells = [name, row["describe"]]
+            cells += measured(result) if result else ["not run"] + [""] * (len(columns) - 4)
+            cells.append(f"`{result['command'] if result else default_command(name)}`")
+            table.append("| " + " | ".join(cells) + " |")
+        return table
+
     lines.append("### SNIPS (intent + slots), MiniLM-L6")
     lines.append("")
-    lines.append("| " + " | ".join(SNIPS_COLUMNS) + " |")
-    lines.append("|" + "---|" * len(SNIPS_COLUMNS))
     seeds = [results.get(f"snips_mtl_seed{s}") for s in (1, 2, 3)]
     done = [r for r in seeds if r]
-    for name, row in ROWS.items():
-        if row["setting"] != "snips":
-            continue
-        result = results.get(name)
-        cells = [name, row["describe"]]
-        if result:
-            cells += [fmt(get(result, "test_intent_accuracy")), fmt(get(result, "test_slots_f1")),
-                      fmt(get(result, "sentence_accuracy")) if "test_intent_accuracy" in result["metrics"]
-                      and "test_slots_f1" in result["metrics"] else "–",
-                      secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result),
-                      run_on(result)]
-        else:
-            cells += ["not run"] + [""] * 6
-        cells.append(f"`{result['command'] if result else default_command(name)}`")
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += setting_table("snips", SNIPS_COLUMNS, lambda result: [
+        fmt(get(result, "test_intent_accuracy")), fmt(get(result, "test_slots_f1")),
+        fmt(get(result, "sentence_accuracy")) if "test_intent_accuracy" in result["metrics"]
+        and "test_slots_f1" in result["metrics"] else "–",
+        secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), run_on(result)])
     if len(done) >= 2:
         lines.append("| **snips_mtl (mean ± std over seeds " + ", ".join(str(r["seed"]) for r in done) + ")** | "
                      "hf_mtl joint, recipe | "
@@ -559,12 +578,25 @@ def table_markdown(results_dir: Path) -> str:
                      + ", ".join(run_on(r) for r in done) + " | |")
     lines.append("| *target (BERT-base, Chen et al. 2019)* | | 98.6 | 97.0 | | ≤ 1200 | | | | |")
     lines.append("")
+    lines.append("### SNIPS: LoRA vs full fine-tuning, MiniLM-L6")
+    lines.append("")
+    lines.append("The three rows run in one sitting on one machine. `s/step` is Trainer's `train_runtime` over the "
+                 "steps (the per-epoch dev evaluations included, the same for each row); peak RSS is the training "
+                 "process's, from the operating system.")
+    lines.append("")
+    lines += setting_table("snips_lora", LORA_COLUMNS, lambda result: [
+        fmt(get(result, "test_intent_accuracy")), fmt(get(result, "test_slots_f1")),
+        f"{result['trainable_parameters']:,} of {result['total_parameters']:,}"
+        if result.get("trainable_parameters") is not None else "–",
+        secs(result.get("seconds_per_step"), 3), secs(result.get("peak_rss_mib")), secs(result["train_seconds"]),
+        run_on(result)])
+    lines.append("")
     lines.append("### CoNLL-2003 NER + AG News topic, MiniLM-L6")
     lines.append("")
     lines.append("AG News: only its 7,600-row test file exists here; `bench/quality.py` splits it by a permutation "
                  f"with seed {AG_SEED} into 6,000 train / 800 validation / 800 test rows (text = title + description).")
     lines.append("")
-    lines += setting_table("conll_ag", CONLL_COLUMNS, results, lambda result: [
+    lines += setting_table("conll_ag", CONLL_COLUMNS, lambda result: [
         fmt(get(result, "test_ner_f1")), fmt(get(result, "test_topic_accuracy")),
         secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), run_on(result)])
     lines.append("")
@@ -574,7 +606,7 @@ def table_markdown(results_dir: Path) -> str:
                  "validation). MRPC F1 is the positive class's on the test split, as GLUE scores it. The zero-shot "
                  "column is the untrained encoder's cosine similarity (mean pooling) on the same STS pairs.")
     lines.append("")
-    lines += setting_table("pairs", PAIRS_COLUMNS, results, lambda result: [
+    lines += setting_table("pairs", PAIRS_COLUMNS, lambda result: [
         fmt(get(result, "test_paraphrase_f1")), fmt(get(result, "test_paraphrase_accuracy")),
         fmt(get(result, "eval_similarity_pearson")), fmt(get(result, "eval_similarity_spearman")),
         fmt(get(result, "zero_shot_similarity_pearson")), fmt(get(result, "test_intent_accuracy")),
@@ -586,25 +618,12 @@ def table_markdown(results_dir: Path) -> str:
     lines.append("Train 2,198 utterances (5 % carved for validation), test 2,199: the published multi-intent models "
                  "train on 45k, so their numbers are not comparable. Intent accuracy is exact-set.")
     lines.append("")
-    lines += setting_table("mixsnips", MIXSNIPS_COLUMNS, results, lambda result: [
+    lines += setting_table("mixsnips", MIXSNIPS_COLUMNS, lambda result: [
         fmt(get(result, "test_intents_accuracy")), fmt(get(result, "test_intents_micro_f1")),
         fmt(get(result, "test_slots_f1")), secs(result["train_seconds"]), best_epoch(result), run_on(result)])
     lines.append("")
     return "\n".join(lines)
 
-
-def setting_table(setting: str, columns: tuple, results: dict, cells_of) -> list:
-    """The Markdown table of one setting's rows: name, description, `cells_of(result)`, command."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for name, row in ROWS.items():
-        if row["setting"] != setting:
-            continue
-        result = results.get(name)
-        cells = [name, row["describe"]]
-        cells += cells_of(result) if result else ["not run"] + [""] * (len(columns) - 4)
-        cells.append(f"`{result['command'] if result else default_command(name)}`")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
 
 
 def write_table(results_dir: Path, markdown_file: Path):

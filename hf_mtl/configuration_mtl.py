@@ -198,6 +198,11 @@ class MultiTaskConfig(PretrainedConfig):
             raise ValueError(f"MultiTaskConfig.loss_weights: no task named {sorted(unknown_weights)}")
 
     @property
+    def hidden_size(self) -> int:
+        """The encoder's hidden size: integrations read `config.hidden_size` (DeepSpeed's `auto` bucket sizes)."""
+        return self.encoder.hidden_size
+
+    @property
     def task_names(self) -> list:
         return [task["name"] for task in self.tasks]
 

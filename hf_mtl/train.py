@@ -26,6 +26,7 @@ from .errors import ConfigError, HfMtlError, ModelError
 from .evaluation import build_compute_metrics, build_preprocess_logits_for_metrics, decode_predictions
 from .hub import push_folder_to_hub
 from .loading import load_multitask_model, load_tokenizer, looks_like_a_path, verify_model_folder
+from .lora import LoraSettings, add_lora
 from .model_card import write_model_card
 from .modeling_mtl import MultiTaskModel
 from .outputs import StagedOutput
@@ -33,12 +34,12 @@ from .pipeline_mtl import add_pipeline_to_folder
 from .preflight import check_config_values, check_run_settings
 from .plots import write_plots
 from .reports import write_predictions_jsonl, write_report
+from .scale import adapt_to_machine, machine_defaults, whole_weights_at_load
 from .training import (
     GradualUnfreezingCallback,
     MultiTaskTrainer,
     apply_freezing,
     encoder_layers,
-    fall_back_from_emulated_bf16,
     last_complete_checkpoint,
     parameter_summary,
 )
@@ -102,10 +103,14 @@ class MultiTaskTrainingArguments(TrainingArguments):
     encoder_learning_rate: float | None = field(default=None, metadata={"help": "Encoder LR (default learning_rate)."})
     head_learning_rate: float | None = field(default=None, metadata={"help": "Heads LR (default learning_rate)."})
     layerwise_lr_decay: float | None = field(default=None, metadata={"help": "γ: layer l of L gets lr·γ^(L−l)."})
+    lora: dict | str | None = field(
+        default=None, metadata={"help": 'LoRA on the encoder (hf_mtl[peft]): {"r", "alpha", "dropout", "target_modules"} or true.'}
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        parse_json_fields(self, "unfreeze_schedule")
+        parse_json_fields(self, "unfreeze_schedule", "lora")
+        self.lora = LoraSettings.from_config(self.lora)
 
 
 @dataclass
@@ -142,6 +147,7 @@ def parse_arguments(argv):
     if unknown:
         raise ConfigError(f"{config_path}: unknown config keys {unknown}")
     check_config_values(values, parser, config_path)
+    values = machine_defaults(values, overrides)  # scale: no GPU -> use_cpu; bf16 only where the GPU has it
     # JSON values become argparse defaults, so command-line `--key value` wins and required keys may come from either.
     parser.set_defaults(**values)
     for action in parser._actions:
@@ -293,14 +299,17 @@ def main(argv=None):
     output = preflight(argv[0], model_args, data_args, training_args)
     setup_logging(training_args)
     set_seed(training_args.seed)
-    fall_back_from_emulated_bf16(training_args)
+    adapt_to_machine(training_args)  # bf16 only where native, installed reporters, one line on the device
 
     with output:  # output_dir locked; after an error it is as it was, plus this run's checkpoints (resumable)
         model_path, encoder_config, tokenizer, previous_config = load_encoder_and_tokenizer(model_args, data_args)
         tasks, data = load_data(data_args, training_args, tokenizer, previous_config)
         train_dataset, eval_dataset, test_dataset, train_mixture = limit_samples(data, data_args)
 
-        model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
+        with whole_weights_at_load(training_args):  # DeepSpeed ZeRO-3 shards at training start, not at load
+            model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
+        if training_args.lora:  # adapters on the encoder, heads trained fully
+            add_lora(model, training_args.lora, model_path)
         callbacks = freeze_model(model, training_args)
         log_run_summary(model_args, training_args, model, tasks, data, previous_config)
 
@@ -583,6 +592,7 @@ def training_settings(model_config, data_args, training_args) -> dict:
         "freeze_layers": training_args.freeze_layers or None,
         "freeze_heads": training_args.freeze_heads,
         "unfreeze_schedule": training_args.unfreeze_schedule,
+        "lora": dataclasses.asdict(training_args.lora) if training_args.lora else None,
         "bf16": training_args.bf16 or None,
         "seed": training_args.seed,
     }

@@ -13,6 +13,7 @@ from .data.sampling import MixtureSampler
 from .errors import ConfigError, TrainingError
 from .loading import check_weights_file
 from .pipeline_mtl import cpu_has_native_bf16
+from .scale import ScaleTrainerMixin  # FSDP / DeepSpeed glue and LoRA saving (issue 18)
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class MixtureEpochCallback(TrainerCallback):
             self.sampler.set_epoch(int(state.epoch or 0))
 
 
-class MultiTaskTrainer(Trainer):
+class MultiTaskTrainer(ScaleTrainerMixin, Trainer):
     """
     Trainer with per-depth learning-rate groups and per-task training losses logged beside the total. Given a
     `train_mixture` (several data sets' train splits concatenated as `train_dataset`), every epoch trains on that
@@ -297,6 +298,7 @@ def check_finite_loss(loss, task_losses, step: int):
 
 def last_complete_checkpoint(output_dir: str):
     """The newest `checkpoint-*` folder whose trainer state and weights are intact; damaged ones are skipped with a warning."""
+    from accelerate.utils.constants import FSDP_MODEL_NAME
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     if not os.path.isdir(output_dir):
@@ -311,6 +313,11 @@ def last_complete_checkpoint(output_dir: str):
         try:
             with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as state_file:
                 json.load(state_file)
+            shards = os.path.join(folder, f"{FSDP_MODEL_NAME}_0")  # an FSDP SHARDED_STATE_DICT checkpoint
+            if os.path.isdir(shards) and not os.path.exists(os.path.join(folder, "model.safetensors")):
+                if not os.path.isfile(os.path.join(shards, ".metadata")):  # written last, when every shard is in
+                    raise FileNotFoundError(f"{shards} has no .metadata: the sharded save did not finish")
+                return folder
             check_weights_file(os.path.join(folder, "model.safetensors"))
             return folder
         except Exception as error:  # any damage at all means: do not resume from here

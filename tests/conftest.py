@@ -41,6 +41,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def load_bench_script(monkeypatch, name: str):
+    """bench/<name>.py as a module; bench/ goes on sys.path as when the script runs (bench/benchlib.py importable)."""
+    import importlib.util
+
+    path = REPO_ROOT / "bench" / f"{name}.py"
+    monkeypatch.syspath_prepend(str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_encoder_config(model_type: str = "bert", vocab_size: int = 30522, **overrides):
     """A randomly initialised encoder small enough for unit tests (a few hundred k parameters + embeddings)."""
     from transformers import AutoConfig

@@ -20,14 +20,17 @@ def test_list_names_every_row():
     assert listed.returncode == 0, listed.stderr
     for row in ("snips_mtl_seed1", "snips_mtl_seed3", "snips_intent_only", "snips_slots_only", "snips_hf_seqcls",
                 "snips_hf_tokcls", "snips_mtl_frozen", "conll_ag_mtl_proportional", "conll_ag_mtl_temperature",
-                "conll_ner_only", "ag_topic_only", "conll_ag_mtl_frozen"):
+                "conll_ner_only", "ag_topic_only", "conll_ag_mtl_frozen", "snips_full_ft", "snips_lora_r8",
+                "snips_lora_r16"):
         assert row in listed.stdout
 
 
-@pytest.mark.parametrize("row", ["snips_mtl_seed1", "snips_hf_tokcls"])
+@pytest.mark.parametrize("row", ["snips_mtl_seed1", "snips_hf_tokcls", "snips_lora_r8"])
 def test_smoke_writes_a_result_file(row, tmp_path, tiny_encoder):
     if not (SHARED_DATA / "snips").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (only present in the project's own checkouts)")
+    if row == "snips_lora_r8":
+        pytest.importorskip("peft", reason="peft is not installed (pip install 'hf_mtl[peft]')")
     results = tmp_path / "results"
     done = run_quality("--smoke", "--smoke-row", row, "--model", str(tiny_encoder), "--results-dir", str(results))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -38,5 +41,9 @@ def test_smoke_writes_a_result_file(row, tmp_path, tiny_encoder):
     metrics = result["metrics"]
     assert 0 <= metrics["test_slots_f1"] <= 1
     assert 0 <= metrics["sentence_accuracy"] <= 1 and metrics["sentences"] == 32
-    if row == "snips_mtl_seed1":
+    if row != "snips_hf_tokcls":
         assert 0 <= metrics["test_intent_accuracy"] <= 1
+        assert result["peak_rss_mib"] > 100 and result["seconds_per_step"] > 0
+    if row == "snips_lora_r8":  # adapters and heads train; the tiny encoder's 1M weights stay frozen
+        assert 0 < result["trainable_parameters"] < result["total_parameters"] / 10, result
+        assert result["config"]["lora"] == {"r": 8, "alpha": 16}

@@ -1,12 +1,11 @@
 """CI smoke test of the speed benchmark (bench/speed.py --smoke): a tiny random encoder, seconds, never the benchmark."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, SHARED_DATA
+from conftest import REPO_ROOT, SHARED_DATA, load_bench_script
 
 SPEED = REPO_ROOT / "bench" / "speed.py"
 INFERENCE = ["hf_mtl_pipeline_default", "hf_mtl_pipeline_fp32", "hf_mtl_pipeline_bf16", "hf_mtl_compiled_fp32",
@@ -122,11 +121,7 @@ def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_e
 @pytest.fixture
 def speed(monkeypatch):
     """bench/speed.py as a module."""
-    monkeypatch.syspath_prepend(str(SPEED.parent))  # as when run as a script: bench/benchlib.py is importable
-    spec = importlib.util.spec_from_file_location("bench_speed", SPEED)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script(monkeypatch, "speed")
 
 
 def test_inference_results_join_timings_memory_and_errors(speed):

@@ -1,68 +1,25 @@
 """Crash and resume (SIGKILL, damaged checkpoint) and multi-process DDP on CPU, each in real subprocesses."""
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, requires_native_bf16
-from train_fixtures import joint_config, save_tiny_encoder, weights, write_joint_data
-
-# Runs the real entry point; with KILL_AT_STEP it SIGKILLs the process (every rank, once all have written their part)
-# right after it has written the checkpoint of that step; with RECORD_ROWS every process appends the row indices it
-# fetches from a data set, one batch a line, to RECORD_ROWS.<rank>.
-HARNESS = """
-import os, signal, sys
-import datasets
-import torch.distributed as dist
-from transformers import Trainer
-original_save = Trainer._save_checkpoint
-def save_then_die(self, *args, **kwargs):
-    original_save(self, *args, **kwargs)
-    if "KILL_AT_STEP" in os.environ and self.state.global_step >= int(os.environ["KILL_AT_STEP"]):
-        if dist.is_initialized():
-            dist.barrier()
-        os.kill(os.getpid(), signal.SIGKILL)
-Trainer._save_checkpoint = save_then_die
-original_getitems = datasets.Dataset.__getitems__
-def recorded_getitems(self, keys):
-    if "RECORD_ROWS" in os.environ:
-        with open(os.environ["RECORD_ROWS"] + "." + os.environ.get("RANK", "0"), "a") as handle:
-            handle.write(" ".join(map(str, keys)) + "\\n")
-    return original_getitems(self, keys)
-datasets.Dataset.__getitems__ = recorded_getitems
-from hf_mtl.train import cli_main
-cli_main(sys.argv[1:])
-"""
-
+from conftest import requires_native_bf16
+from train_fixtures import KILLED_RUN, accelerate_launch, joint_config, run_process, training_root, weights, write_config
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer):
-    root = tmp_path_factory.mktemp("resume")
-    encoder = save_tiny_encoder(root / "encoder", tokenizer)
-    data = write_joint_data(root / "data")
-    (root / "harness.py").write_text(HARNESS)
+    root, encoder, data = training_root(tmp_path_factory, tokenizer, "resume")
+    (root / "harness.py").write_text(KILLED_RUN)
     return root, encoder, data
-
-
-def run(args, env_extra=None, timeout=300):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env_extra or {}))
-    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
 
 
 def torchrun(args, env_extra=None):
     """Two gloo ranks on the CPU; --standalone picks a free port."""
-    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
-               env_extra, timeout=400)
-
-
-def write_config(root, name, config):
-    path = root / f"{name}.json"
-    path.write_text(json.dumps(config))
-    return str(path)
+    return run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+                       env_extra, timeout=400)
 
 
 # "uneven": one data set per task, the topic task on the 16 rows of validation.jsonl, the NER task on the 48 of
@@ -95,7 +52,7 @@ def resume_config(encoder, data, output, variant):
 
 
 def launch(variant, args, env_extra=None):
-    return torchrun(args, env_extra) if variant.endswith("_ddp") else run([sys.executable, *args], env_extra)
+    return torchrun(args, env_extra) if variant.endswith("_ddp") else run_process([sys.executable, *args], env_extra)
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +156,7 @@ def test_two_process_ddp_on_cpu(setup):
                               do_predict=False,
                               ddp_timeout=120, logging_steps=5)
         path = write_config(root, f"ddp_{processes}x{batch_size}", config)
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-                    "--dynamo_backend", "no", "--num_processes", str(processes)]
-        if processes == 2:
-            launcher.append("--multi_gpu")
-        result = run(launcher + ["run_mtl.py", path], timeout=400)
+        result = run_process(accelerate_launch(processes) + ["run_mtl.py", path], timeout=400)
         assert result.returncode == 0, result.stderr[-4000:]
         assert f"world size {processes}" in result.stdout + result.stderr
         state = json.loads((output / "trainer_state.json").read_text())
