@@ -66,6 +66,8 @@ NUMERIC_RULES = {
         "ddp_timeout": AT_LEAST_ONE,
     },
 }
+# Fields whose JSON may hold more than argparse can parse from a command line.
+JSON_TYPES = {"lora": dict | bool | None}  # `"lora": true` takes the defaults
 UNFREEZE_KEYS = ("start_frozen_layers", "unfreeze_every_steps", "unfreeze_every_epochs")
 
 
@@ -75,6 +77,7 @@ def check_config_values(values: dict, parser, config_path: str) -> None:
     annotations = {}
     for dataclass_type in parser.dataclass_types:
         annotations.update(typing.get_type_hints(dataclass_type))
+    annotations.update(JSON_TYPES)
     actions = {action.dest: action for action in parser._actions}
     for key, value in values.items():
         annotation, action = annotations.get(key), actions.get(key)
@@ -196,14 +199,17 @@ def check_attention(name):
 
 
 def check_reporting(report_to):
-    """Each `report_to` integration is one transformers has and is installed (Trainer fails in __init__ otherwise)."""
+    """Each `report_to` integration is one transformers has and, TensorBoard aside, is installed (Trainer fails in
+    __init__ otherwise)."""
     from transformers.integrations import get_available_reporting_integrations
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
     for name in report_to or ():
         if name not in INTEGRATION_TO_CALLBACK:
             raise ConfigError(f"report_to: {name!r} is not one of none, all, {', '.join(INTEGRATION_TO_CALLBACK)}")
-        if name not in get_available_reporting_integrations():
+        # The shipped configs log to TensorBoard, which a plain install lacks: that run goes on without it, with one
+        # warning (`scale.drop_missing_reporters`); any other integration it cannot load is an error.
+        if name != "tensorboard" and name not in get_available_reporting_integrations():
             raise ConfigError(f"report_to: {name!r} is not installed here (pip install {name}), or set report_to none")
 
 

@@ -104,13 +104,16 @@ class MultiTaskTrainingArguments(TrainingArguments):
     head_learning_rate: float | None = field(default=None, metadata={"help": "Heads LR (default learning_rate)."})
     layerwise_lr_decay: float | None = field(default=None, metadata={"help": "γ: layer l of L gets lr·γ^(L−l)."})
     lora: dict | str | None = field(
-        default=None, metadata={"help": 'LoRA on the encoder (hf_mtl[peft]): {"r", "alpha", "dropout", "target_modules"} or true.'}
+        default=None,
+        metadata={"help": 'LoRA on the encoder (hf_mtl[peft]): {"r", "alpha", "dropout", "target_modules"} or true.'},
     )
 
     def __post_init__(self):
         super().__post_init__()
         parse_json_fields(self, "unfreeze_schedule", "lora")
-        self.lora = LoraSettings.from_config(self.lora)
+        # Checked once here, kept as a plain dict so that training_args.json records it.
+        settings = LoraSettings.from_config(self.lora)
+        self.lora = dataclasses.asdict(settings) if settings is not None else None
 
 
 @dataclass
@@ -309,7 +312,7 @@ def main(argv=None):
         with whole_weights_at_load(training_args):  # DeepSpeed ZeRO-3 shards at training start, not at load
             model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
         if training_args.lora:  # adapters on the encoder, heads trained fully
-            add_lora(model, training_args.lora, model_path)
+            add_lora(model, LoraSettings(**training_args.lora), model_path)
         callbacks = freeze_model(model, training_args)
         log_run_summary(model_args, training_args, model, tasks, data, previous_config)
 
@@ -592,7 +595,7 @@ def training_settings(model_config, data_args, training_args) -> dict:
         "freeze_layers": training_args.freeze_layers or None,
         "freeze_heads": training_args.freeze_heads,
         "unfreeze_schedule": training_args.unfreeze_schedule,
-        "lora": dataclasses.asdict(training_args.lora) if training_args.lora else None,
+        "lora": training_args.lora,
         "bf16": training_args.bf16 or None,
         "seed": training_args.seed,
     }

@@ -41,7 +41,7 @@ def test_case_config_is_a_valid_run_config(memory, tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     model_args, data_args, training_args = parse_arguments([str(path)])
-    assert training_args.lora.r == 8 and data_args.max_seq_length == 128
+    assert training_args.lora["r"] == 8 and data_args.max_seq_length == 128
     assert training_args.per_device_train_batch_size == 8 and training_args.max_steps == memory.STEPS
 
 

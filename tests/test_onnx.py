@@ -196,7 +196,7 @@ def test_cli_export_errors_are_one_line_and_write_nothing(exported, tmp_path, ca
     assert cli.main(["export-onnx", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "x")]) == 2
     assert "no such folder" in error_line(capsys) and not (tmp_path / "x").exists()
     assert cli.main(["export-onnx", "--model", str(model_dir), "--output", str(model_dir)]) == 2
-    assert "model folder itself" in error_line(capsys)
+    assert "is also an input of this command" in error_line(capsys)
     assert not (model_dir / "model.onnx").exists()
     assert cli.main(["export-onnx", "--model", str(model_dir), "--output", str(tmp_path), "--quantize", "int4"]) == 2
     assert "--quantize" in error_line(capsys)
