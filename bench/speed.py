@@ -67,13 +67,16 @@ EMULATED_BF16_STEPS = 3
 BLOCK_SENTENCES = 1000
 WARMUP_SENTENCES = 3 * BATCH_INFER
 TARGETS = {"vs_hf_two_models": 1.9, "vs_hf_pipelines": 3.0, "padding": 1.10, "bf16_accuracy_points": 0.2,
-           "int8_accuracy_points": 0.3}
+           "int8_accuracy_points": 0.3, "crf_vs_softmax": 0.85}  # a CRF costs at most 15 % of the throughput
 BACKENDS = ("torch", "onnx", "openvino")
 EXPORT_DIR = ROOT / "bench" / "runs" / "speed_export"  # the exported model and the inductor cache of one run
 # hf_mtl pipeline methods: (method, precision) -> backend and what the pipeline is given.
 PIPELINE_SETTINGS = {
     ("hf_mtl_pipeline", "fp32"): dict(backend="torch", bf16=False),
     ("hf_mtl_pipeline", "bf16"): dict(backend="torch", bf16=True),
+    # --crf-model: the same pipeline on a model whose slots head is a CRF (Viterbi per batch), against the softmax one
+    ("hf_mtl_pipeline_crf", "fp32"): dict(backend="torch", bf16=False, crf=True),
+    ("hf_mtl_pipeline_crf", "bf16"): dict(backend="torch", bf16=True, crf=True),
     ("hf_mtl_compiled", "fp32"): dict(backend="torch", bf16=False, compile=True),
     ("hf_mtl_compiled", "bf16"): dict(backend="torch", bf16=True, compile=True),
     ("hf_mtl_onnx", "fp32"): dict(backend="onnx", bf16=False, file_name="model.onnx"),
@@ -246,7 +249,7 @@ def mtl_pipeline(job: dict):
     setting = PIPELINE_SETTINGS[(job["method"], job["precision"])]
     settings = [f"batch_size={BATCH_INFER}", f"bf16={setting['bf16']}"]
     if setting["backend"] == "torch":
-        model, tokenizer = mtl_model(job)
+        model, tokenizer = mtl_model(dict(job, trained=job["crf_trained"]) if setting.get("crf") else job)
         compile_options = (job.get("compile_options") or True) if setting.get("compile") else False
         pipe = MultiTaskPipeline(model, tokenizer=tokenizer, compile=compile_options, bf16=setting["bf16"])
         if compile_options:
@@ -357,6 +360,7 @@ def infer_hf_pipelines(job):
 INFER_METHODS = {
     "hf_mtl_pipeline_default": infer_hf_mtl_pipeline,
     "hf_mtl_pipeline": infer_hf_mtl_pipeline,
+    "hf_mtl_pipeline_crf": infer_hf_mtl_pipeline,
     "hf_mtl_compiled": infer_hf_mtl_pipeline,
     "hf_mtl_onnx": infer_hf_mtl_pipeline,
     "hf_mtl_openvino": infer_hf_mtl_pipeline,
@@ -756,6 +760,7 @@ def in_subprocess(jobs: list, threads) -> list:
 def plan(args, native: bool) -> list:
     """The jobs of this run; on emulated bf16 the bf16 jobs get a small subset so the run stays within minutes."""
     base = dict(model=args.model, trained=str(args.trained_model) if args.trained_model else None, repeats=args.repeats,
+                crf_trained=str(args.crf_model) if args.crf_model else None,
                 export_dir=str(args.export_dir), inductor_cache=str(args.export_dir / "inductor_cache"),
                 # --smoke: dynamo's tracing without inductor's code generation (minutes on 2 cores)
                 compile_options={"backend": "eager"} if args.smoke else None)
@@ -764,7 +769,8 @@ def plan(args, native: bool) -> list:
     warmup = 1 if args.smoke else 3
     bf16_warmup = warmup if native else 1
     backends = args.backends
-    pipelines = [key for key, setting in PIPELINE_SETTINGS.items() if backend_of(key) in backends]
+    pipelines = [key for key, setting in PIPELINE_SETTINGS.items()
+                 if backend_of(key) in backends and (args.crf_model or not setting.get("crf"))]
     infer = [("hf_mtl_pipeline_default", "default"), *pipelines,
              ("hf_two_models", "fp32"), ("hf_two_models", "bf16"), ("hf_pipelines", "fp32"), ("hf_pipelines", "bf16")]
     jobs = [dict(base, kind="export", precision="fp32")] if {"onnx", "openvino"} & set(backends) else []
@@ -896,9 +902,12 @@ def summarize(args, env, peaks, inference, training, accuracy) -> dict:
         "pipeline_bf16_vs_hf_pipelines_bf16": ratio(inference, "hf_mtl_pipeline_bf16", "hf_pipelines_bf16",
                                                     TARGETS["vs_hf_pipelines"]),
     }
+    for precision in ("fp32", "bf16"):
+        ratios[f"pipeline_crf_{precision}_vs_softmax_{precision}"] = ratio(
+            inference, f"hf_mtl_pipeline_crf_{precision}", f"hf_mtl_pipeline_{precision}", TARGETS["crf_vs_softmax"])
     for method, precision in PIPELINE_SETTINGS:
         key = f"{method}_{precision}"
-        if method == "hf_mtl_pipeline" or key not in inference:
+        if method in ("hf_mtl_pipeline", "hf_mtl_pipeline_crf") or key not in inference:
             continue
         stock = "bf16" if precision == "bf16" else "fp32"  # int8 against the stock models' fp32
         for theirs, target in (("hf_two_models", "vs_hf_two_models"), ("hf_pipelines", "vs_hf_pipelines")):
@@ -928,7 +937,8 @@ def summarize(args, env, peaks, inference, training, accuracy) -> dict:
         settings=dict(sentences=args.sentences, repeats=args.repeats, train_steps=args.train_steps,
                       inference_batch=BATCH_INFER, train_batch=BATCH_TRAIN, encoder=args.model,
                       peak_rss="per method (one subprocess each)" if not args.smoke else "shared: one subprocess",
-                      trained_model=str(args.trained_model) if args.trained_model else None),
+                      trained_model=str(args.trained_model) if args.trained_model else None,
+                      crf_model=str(args.crf_model) if args.crf_model else None),
         peak=peaks, inference=inference, ratios=ratios, training=training, padding=padding,
         bf16_accuracy=bf16_accuracy, backend_accuracy=backend_accuracy,
     )
@@ -969,7 +979,8 @@ def command_line(args) -> str:
         parts.append("--smoke")
     if args.model != DEFAULT_ENCODER:
         parts.append(f"--model {args.model}")
-    settings = (("--threads", args.threads, None), ("--trained-model", args.trained_model, None))
+    settings = (("--threads", args.threads, None), ("--trained-model", args.trained_model, None),
+                ("--crf-model", args.crf_model, None))
     if not args.smoke:
         settings += (("--sentences", args.sentences, 5000), ("--repeats", args.repeats, 3),
                      ("--train-steps", args.train_steps, 30))
@@ -1113,6 +1124,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_ENCODER, help="encoder folder or package: name (default MiniLM)")
     parser.add_argument("--trained-model", type=Path, default=None, help="a trained hf_mtl SNIPS folder")
+    parser.add_argument("--crf-model", type=Path, default=None,
+                        help="a trained hf_mtl SNIPS folder whose slots head is a CRF: its pipeline against the softmax one")
     parser.add_argument("--sentences", type=int, default=5000, help="inference sentences (SNIPS test, repeated)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     parser.add_argument("--train-steps", type=int, default=30, help="timed training steps (after 3 warm-up steps)")

@@ -202,3 +202,20 @@ def test_length_grouped_batches_cover_every_row_once(speed):
     megabatch = batches[: speed.MEGABATCH_MULT]  # longest first within a mega-batch
     assert [lengths[batch[0]] for batch in megabatch] == sorted((lengths[batch[0]] for batch in megabatch), reverse=True)
     assert 1 <= speed.padding_of(batches, lengths) < speed.padding_of([list(range(len(lengths)))], lengths)
+
+
+def test_crf_rows_are_planned_only_with_a_crf_model_and_compared_with_softmax(speed, tmp_path):
+    args = speed.parse_args(["--backends", "torch"])
+    methods = {method["method"] for job in speed.plan(args, native=True) if job["kind"] == "infer"
+               for method in job["methods"]}
+    assert "hf_mtl_pipeline" in methods and "hf_mtl_pipeline_crf" not in methods
+    args = speed.parse_args(["--backends", "torch", "--crf-model", str(tmp_path)])
+    jobs = speed.plan(args, native=True)
+    crf = [method for job in jobs if job["kind"] == "infer" for method in job["methods"]
+           if method["method"] == "hf_mtl_pipeline_crf"]
+    assert sorted(method["precision"] for method in crf) == ["bf16", "fp32"]
+    assert all(job["crf_trained"] == str(tmp_path) for job in jobs)
+    timings = {"hf_mtl_pipeline_fp32": dict(sentences_per_second=100.0, sentences=10, seconds_all=[0.1]),
+               "hf_mtl_pipeline_crf_fp32": dict(sentences_per_second=90.0, sentences=10, seconds_all=[1 / 9])}
+    cost = speed.ratio(timings, "hf_mtl_pipeline_crf_fp32", "hf_mtl_pipeline_fp32", speed.TARGETS["crf_vs_softmax"])
+    assert cost["ratio"] == pytest.approx(0.9) and cost["reached"] is True
