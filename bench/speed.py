@@ -902,7 +902,7 @@ def summarize(args, env, peaks, inference, training, accuracy) -> dict:
         "pipeline_bf16_vs_hf_pipelines_bf16": ratio(inference, "hf_mtl_pipeline_bf16", "hf_pipelines_bf16",
                                                     TARGETS["vs_hf_pipelines"]),
     }
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16") if args.crf_model else ():
         ratios[f"pipeline_crf_{precision}_vs_softmax_{precision}"] = ratio(
             inference, f"hf_mtl_pipeline_crf_{precision}", f"hf_mtl_pipeline_{precision}", TARGETS["crf_vs_softmax"])
     for method, precision in PIPELINE_SETTINGS:
