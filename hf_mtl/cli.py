@@ -12,7 +12,7 @@ from . import __version__
 from .data.readers import iter_text_lines
 from .errors import ConfigError, DataError, HfMtlError, ModelError
 from .outputs import StagedOutput
-from .pipeline_mtl import BackendNotInstalledError
+from .pipeline_mtl import DEFAULT_BATCH_SIZE, BackendNotInstalledError
 
 # Lines handed to the pipeline at once: large enough to sort by length, small enough for a lively progress bar.
 BLOCK_SIZE = 1024
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_model_arguments(parser):
     parser.add_argument("--model", required=True, help="saved hf_mtl model folder or Hub id")
-    parser.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (default: 32)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"inputs per forward pass (default: {DEFAULT_BATCH_SIZE})")
     parser.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
