@@ -24,7 +24,7 @@ def test_predict_txt_keeps_every_line_exactly(capsys, model_dir, pipe, tmp_path)
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     output = tmp_path / "out" / "predictions.jsonl"
 
-    # float32 on both sides: the comparison crosses batch sizes (2 here, 32 in the pipeline), which bf16 would blur
+    # float32 on both sides: the comparison crosses batch sizes (2 here, the default in `pipe`), which bf16 would blur
     argv = ["predict", "--model", model_dir, "--input", source, "--output", output, "--batch-size", 2, "--no-bf16"]
     status, _, err = run_cli(capsys, *argv)
 
