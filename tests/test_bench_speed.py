@@ -219,3 +219,11 @@ def test_crf_rows_are_planned_only_with_a_crf_model_and_compared_with_softmax(sp
                "hf_mtl_pipeline_crf_fp32": dict(sentences_per_second=90.0, sentences=10, seconds_all=[1 / 9])}
     cost = speed.ratio(timings, "hf_mtl_pipeline_crf_fp32", "hf_mtl_pipeline_fp32", speed.TARGETS["crf_vs_softmax"])
     assert cost["ratio"] == pytest.approx(0.9) and cost["reached"] is True
+    # The CRF ratios exist only where their rows were planned (the smoke run without --crf-model reads every ratio).
+    def crf_ratios(argv):
+        summary = speed.summarize(speed.parse_args(argv), {"native_bf16": True}, [], {}, {}, {})
+        return sorted(name for name in summary["ratios"] if "crf" in name)
+
+    assert crf_ratios(["--backends", "torch"]) == []
+    assert crf_ratios(["--backends", "torch", "--crf-model", str(tmp_path)]) == [
+        "pipeline_crf_bf16_vs_softmax_bf16", "pipeline_crf_fp32_vs_softmax_fp32"]
