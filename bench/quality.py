@@ -127,8 +127,8 @@ def build_rows() -> dict:
                                                encoder_learning_rate=5e-4), seed=1)
 
     # The slot-filling recipe search (issue 15): dev metrics only (the best epoch on dev); never chosen on test.
-    def snips_variant(epochs=6, crf=False, bio_constraints=True):
-        config = with_keys(snips_recipe(), seed=1, num_train_epochs=epochs)
+    def snips_variant(epochs=6, crf=False, bio_constraints=True, **keys):
+        config = with_keys(snips_recipe(), seed=1, num_train_epochs=epochs, **keys)
         for task in config["tasks"]:
             if task["type"] == "token_classification" and crf:
                 task.update(crf=True, bio_constraints=bio_constraints)
@@ -139,6 +139,16 @@ def build_rows() -> dict:
         ("snips_dev_crf_nobio", "recipe + CRF slots without BIO constraints", {"crf": True, "bio_constraints": False}),
         ("snips_dev_e12", "12 epochs, softmax slots", {"epochs": 12}),
         ("snips_dev_e12_crf", "12 epochs + CRF slots (BIO constraints)", {"epochs": 12, "crf": True}),
+        ("snips_dev_e12_crf_lr2e4", "12 epochs + CRF, encoder lr 2e-4", {"epochs": 12, "crf": True,
+                                                                          "learning_rate": 2e-4}),
+        ("snips_dev_e12_crf_slots2", "12 epochs + CRF, slot loss weight 2", {"epochs": 12, "crf": True,
+                                                                             "loss_weights": {"slots": 2.0}}),
+        ("snips_dev_e12_crf_lld09", "12 epochs + CRF, layer-wise lr decay 0.9", {"epochs": 12, "crf": True,
+                                                                                 "layerwise_lr_decay": 0.9}),
+        ("snips_dev_e12_crf_bs16", "12 epochs + CRF, batch 16", {"epochs": 12, "crf": True,
+                                                                  "per_device_train_batch_size": 16}),
+        ("snips_dev_e12_crf_hlr3e3", "12 epochs + CRF, head lr 3e-3", {"epochs": 12, "crf": True,
+                                                                        "head_learning_rate": 3e-3}),
     ):
         add(name, "snips_dev", "mtl", f"dev search: {describe}, seed 1",
             config=lambda options=options: snips_variant(**options), seed=1)
