@@ -344,12 +344,13 @@ class SingleLabelClassificationHead(TaskHead):
         # from_pretrained leaves non-persistent buffers uninitialised.
         self.class_weights = task.get("class_weights")
 
-    def loss(self, logits, labels, **kwargs):
+    def loss(self, logits, labels, label_smoothing=0.0, **kwargs):
         num_labels = logits.shape[-1]
         flat_logits = logits.reshape(-1, num_labels).float()
         flat_labels = labels.reshape(-1).to(flat_logits.device)
         weights = None if self.class_weights is None else flat_logits.new_tensor(self.class_weights)
-        per_item = F.cross_entropy(flat_logits, flat_labels, weight=weights, ignore_index=-100, reduction="none")
+        per_item = F.cross_entropy(flat_logits, flat_labels, weight=weights, ignore_index=-100, reduction="none",
+                                   label_smoothing=label_smoothing)
         kept = flat_labels != -100
         if weights is not None:
             denominator = weights[flat_labels.clamp(min=0)].mul(kept).sum()
@@ -381,9 +382,9 @@ class TokenClassificationHead(SingleLabelClassificationHead):
     def labelled_rows(self, labels):
         return (labels != -100).any(dim=-1)
 
-    def loss(self, logits, labels, word_start_mask=None, **kwargs):
+    def loss(self, logits, labels, word_start_mask=None, label_smoothing=0.0, **kwargs):
         if self.crf is None:
-            return super().loss(logits, labels)
+            return super().loss(logits, labels, label_smoothing=label_smoothing)
         labels = labels.to(logits.device)
         starts = (labels != -100) if word_start_mask is None else word_start_mask.to(logits.device).bool()
         index, mask = compact_word_positions(starts)
@@ -618,13 +619,24 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         return F.normalize(pooled, p=2, dim=-1) if normalize else pooled
 
     def forward(
-        self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, word_start_mask=None, **labels
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        inputs_embeds=None,
+        word_start_mask=None,
+        label_smoothing: float = 0.0,
+        **labels,
     ):
         r"""
         word_start_mask (`torch.LongTensor` of shape `[batch, seq]`, *optional*):
             1 at the first sub-token of every word. CRF token heads run over these positions (without it, over the
             positions their labels do not ignore); in evaluation mode they also return their Viterbi decoding in
             `predictions`.
+        label_smoothing (`float`, *optional*, defaults to 0):
+            Label smoothing of the softmax cross-entropies (single-label heads, token heads without a CRF), as
+            `F.cross_entropy` applies it; `MultiTaskTrainer` passes `TrainingArguments.label_smoothing_factor`. CRF,
+            multi-label and regression losses do not smooth.
         labels (`<task name>_labels`, *optional*):
             Per task: `[batch]` class ids (single-label), `[batch, num_labels]` multi-hot floats (multi-label),
             `[batch]` floats (regression) or `[batch, seq]` tag ids (token task). -100 (a row of -100 for
@@ -650,7 +662,8 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
                 # Keeps this head in the graph (a zero gradient) when other tasks are labelled.
                 task_loss, has_labels = head.unlabelled_loss(logits[name]), False
             else:
-                task_loss = head.loss(logits[name], task_labels, word_start_mask=word_start_mask)
+                task_loss = head.loss(logits[name], task_labels, word_start_mask=word_start_mask,
+                                      label_smoothing=label_smoothing)
                 has_labels = bool(head.labelled_rows(task_labels).any())
             task_losses[name] = task_loss.detach()
             if self.task_log_variances is not None:

@@ -72,6 +72,11 @@ class Task:
         return False
 
     @property
+    def smooths_labels(self) -> bool:
+        """Whether `label_smoothing_factor` applies to this task's loss (softmax cross-entropies only)."""
+        return False
+
+    @property
     def target_column(self) -> str:
         return self.label_column
 
@@ -258,6 +263,10 @@ class SingleLabelClassificationTask(Task):
     }
 
     class_weights: str | tuple | None = None  # "balanced" (resolved from train counts) or one weight per label
+
+    @property
+    def smooths_labels(self) -> bool:
+        return True
 
     def head_config(self) -> dict:
         head = super().head_config()
@@ -677,6 +686,10 @@ class TokenClassificationTask(SingleLabelClassificationTask):
     @property
     def needs_word_starts(self) -> bool:
         return self.crf
+
+    @property
+    def smooths_labels(self) -> bool:
+        return not self.crf  # a CRF's likelihood is over whole tag paths
 
     @property
     def target_column(self) -> str:

@@ -495,6 +495,10 @@ def build_trainer(model, training_args, data_args, tokenizer, tasks, train_datas
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     hub_model_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
     training_args.label_names = [f"{task.name}_labels" for task in tasks]
+    unsmoothed = [task.name for task in tasks if not task.smooths_labels]
+    if training_args.label_smoothing_factor and unsmoothed:
+        logger.warning("label_smoothing_factor %s applies to softmax cross-entropies only; not to %s",
+                       training_args.label_smoothing_factor, ", ".join(unsmoothed))
     training_args.remove_unused_columns = False  # the collator drops what the model does not take
     trainer = MultiTaskTrainer(
         model=model,

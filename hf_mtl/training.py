@@ -257,6 +257,9 @@ class MultiTaskTrainer(ScaleTrainerMixin, Trainer):
         return SequentialSampler(eval_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.label_smoothing_factor:
+            # Trainer's own LabelSmoother needs one `labels` tensor; the heads smooth their own cross-entropies.
+            inputs = {**inputs, "label_smoothing": self.args.label_smoothing_factor}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
             check_finite_loss(loss, outputs.get("task_losses"), self.state.global_step + 1)

@@ -90,6 +90,39 @@ def test_class_weights_and_uncertainty_weighting():
     assert "task_log_variances" in dict(model.named_parameters())
 
 
+def smoothed_cross_entropy(logits, labels, epsilon):
+    """By hand: (1 - e) * NLL of the gold class + e * the mean NLL over all classes."""
+    log_probs = logits.float().log_softmax(-1)
+    gold = -log_probs.gather(-1, labels[:, None]).squeeze(-1)
+    return ((1 - epsilon) * gold + epsilon * -log_probs.mean(-1)).mean()
+
+
+def test_label_smoothing_smooths_softmax_losses_and_not_the_crf(tmp_path):
+    from transformers import TrainingArguments
+
+    from hf_mtl.training import MultiTaskTrainer
+
+    tasks = TASKS + [dict(TASKS[1], name="crf_ner", crf=True)]
+    model = build(tasks=tasks)
+    input_ids, attention_mask, topic, ner = batch()
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, topic_labels=topic, ner_labels=ner,
+                  crf_ner_labels=ner)
+    plain = model(**inputs)
+    smoothed = model(**inputs, label_smoothing=0.2)
+
+    kept = ner != -100
+    torch.testing.assert_close(smoothed.task_losses["topic"], smoothed_cross_entropy(plain.logits["topic"], topic, 0.2))
+    torch.testing.assert_close(smoothed.task_losses["ner"],
+                               smoothed_cross_entropy(plain.logits["ner"][kept], ner[kept], 0.2))
+    torch.testing.assert_close(smoothed.task_losses["crf_ner"], plain.task_losses["crf_ner"], rtol=0, atol=0)
+    assert not torch.allclose(smoothed.task_losses["topic"], plain.task_losses["topic"])
+
+    # Trainer's LabelSmoother needs a single `labels` tensor; MultiTaskTrainer hands the factor to the heads instead.
+    args = TrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.2, use_cpu=True, report_to="none")
+    trainer = MultiTaskTrainer(model=model, args=args)
+    torch.testing.assert_close(trainer.compute_loss(model, inputs), smoothed.loss)
+
+
 @pytest.mark.parametrize("mode", ["cls", "mean", "max"])
 def test_pooling_ignores_padding(mode):
     states = torch.tensor([[[1.0, -2.0], [3.0, -4.0], [100.0, 100.0]]])
