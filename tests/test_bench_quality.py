@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, SHARED_DATA
+from conftest import REPO_ROOT, SHARED_DATA, load_bench_script
 
 QUALITY = REPO_ROOT / "bench" / "quality.py"
 
@@ -15,17 +15,32 @@ def run_quality(*args, timeout=120):
                           timeout=timeout)
 
 
+def test_rows_read_the_chosen_recipe_and_earlier_rows_keep_recipe_v1(monkeypatch):
+    """The rows run before the issue-15 search stay reproducible after the recipe file changed."""
+    quality = load_bench_script(monkeypatch, "quality")
+    v1, chosen = quality.snips_recipe_v1(), quality.snips_recipe()
+    assert v1["num_train_epochs"] == 6 and not any(task.get("crf") for task in v1["tasks"])
+    assert any(task.get("crf") for task in chosen["tasks"] if task["type"] == "token_classification")
+    for seed in (1, 2, 3):
+        assert quality.ROWS[f"snips_recipe_seed{seed}"]["config"]() == dict(chosen, seed=seed)
+        assert quality.ROWS[f"snips_mtl_seed{seed}"]["config"]() == dict(v1, seed=seed)
+    for name in ("snips_slots_only", "snips_full_ft", "snips_dev_crf", "pairs_snips_mtl"):
+        (slots,) = [task for task in quality.ROWS[name]["config"]()["tasks"] if task["name"] == "slots"]
+        assert slots.get("crf", False) == (name == "snips_dev_crf"), name
+    assert quality.ROWS["snips_slots_only"]["config"]()["num_train_epochs"] == 6
+
+
 def test_list_names_every_row():
     listed = run_quality("--list", "--results-dir", str(REPO_ROOT / "bench" / "results"))
     assert listed.returncode == 0, listed.stderr
-    for row in ("snips_mtl_seed1", "snips_mtl_seed3", "snips_intent_only", "snips_slots_only", "snips_hf_seqcls",
+    for row in ("snips_recipe_seed1", "snips_recipe_seed3", "snips_mtl_seed1", "snips_mtl_seed3", "snips_intent_only", "snips_slots_only", "snips_hf_seqcls",
                 "snips_hf_tokcls", "snips_mtl_frozen", "conll_ag_mtl_proportional", "conll_ag_mtl_temperature",
                 "conll_ner_only", "ag_topic_only", "conll_ag_mtl_frozen", "snips_full_ft", "snips_lora_r8",
                 "snips_lora_r16"):
         assert row in listed.stdout
 
 
-@pytest.mark.parametrize("row", ["snips_mtl_seed1", "snips_hf_tokcls", "snips_lora_r8"])
+@pytest.mark.parametrize("row", ["snips_recipe_seed1", "snips_hf_tokcls", "snips_lora_r8"])
 def test_smoke_writes_a_result_file(row, tmp_path, tiny_encoder):
     if not (SHARED_DATA / "snips").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (only present in the project's own checkouts)")
