@@ -1,8 +1,8 @@
 """Quality benchmark of hf_mtl (issue 6): one command per row, results kept as JSON, a table for BENCHMARKS.md.
 
     python bench/quality.py --list                      # the rows, and which have results
-    python bench/quality.py --threads 1 --row snips_mtl_seed1   # run one row (skipped when its result exists;
-                                                                # --force reruns); --threads 1 is how the table ran
+    python bench/quality.py --threads 2 --row snips_recipe_seed1   # run one row (skipped when its result exists;
+                                                # --force reruns); the command each row ran is in the table
     python bench/quality.py --table                     # rewrite the results table in BENCHMARKS.md
     python bench/quality.py --smoke [--results-dir D]   # CI: a few dozen steps of a row on a tiny subset
 
@@ -537,7 +537,7 @@ def secs(value, digits=0):
 
 
 def default_command(name):
-    return f"python bench/quality.py --threads 1 --row {name}"
+    return f"python bench/quality.py --threads 2 --row {name}"
 
 
 SNIPS_COLUMNS = ("row", "model", "intent acc", "slot F1", "sentence acc", "train s", "test s (700)", "best epoch",

@@ -33,8 +33,8 @@ def test_rows_read_the_chosen_recipe_and_earlier_rows_keep_recipe_v1(monkeypatch
 def test_list_names_every_row():
     listed = run_quality("--list", "--results-dir", str(REPO_ROOT / "bench" / "results"))
     assert listed.returncode == 0, listed.stderr
-    for row in ("snips_recipe_seed1", "snips_recipe_seed3", "snips_mtl_seed1", "snips_mtl_seed3", "snips_intent_only", "snips_slots_only", "snips_hf_seqcls",
-                "snips_hf_tokcls", "snips_mtl_frozen", "conll_ag_mtl_proportional", "conll_ag_mtl_temperature",
+    for row in ("snips_recipe_seed1", "snips_recipe_seed3", "snips_mtl_seed1", "snips_mtl_seed3", "snips_intent_only",
+                "snips_slots_only", "snips_hf_seqcls", "snips_hf_tokcls", "snips_mtl_frozen", "conll_ag_mtl_proportional", "conll_ag_mtl_temperature",
                 "conll_ner_only", "ag_topic_only", "conll_ag_mtl_frozen", "snips_full_ft", "snips_lora_r8",
                 "snips_lora_r16"):
         assert row in listed.stdout
