@@ -90,9 +90,13 @@ def pairs_with_snips() -> dict:
     return config
 
 
-def only_tasks(config: dict, names) -> dict:
+def only_tasks(config: dict, names, keep_crf=True) -> dict:
     config = copy.deepcopy(config)
     config["tasks"] = [task for task in config["tasks"] if task["name"] in names]
+    if not keep_crf:  # a stock model's softmax head: its config should not claim a CRF
+        for task in config["tasks"]:
+            task.pop("crf", None)
+            task.pop("bio_constraints", None)
     used = {task["dataset"] for task in config["tasks"]}
     config["datasets"] = {name: spec for name, spec in config["datasets"].items() if name in used}
     return config
@@ -115,6 +119,18 @@ def build_rows() -> dict:
         add(f"snips_recipe_seed{seed}", "snips", "mtl",
             f"hf_mtl joint intent + slots (recipe: 12 epochs, CRF slots), seed {seed}",
             config=lambda seed=seed: with_keys(snips_recipe(), seed=seed), seed=seed)
+    # The single-task rows and the stock pair under the same recipe (the stock token classifier has no CRF).
+    for prefix, kind, task, describe in (
+            ("snips_recipe_intent_only", "mtl", "intent", "hf_mtl, intent task only (recipe)"),
+            ("snips_recipe_slots_only", "mtl", "slots", "hf_mtl, slots task only (recipe: CRF slots)"),
+            ("snips_recipe_hf_seqcls", "hf", "intent", "stock AutoModelForSequenceClassification + Trainer (intent, "
+                                                       "recipe's 12 epochs)"),
+            ("snips_recipe_hf_tokcls", "hf", "slots", "stock AutoModelForTokenClassification + Trainer (slots, "
+                                                      "recipe's 12 epochs, softmax)")):
+        for seed in (1, 2, 3):
+            add(f"{prefix}_seed{seed}", "snips", kind, f"{describe}, seed {seed}",
+                config=lambda seed=seed, task=task, kind=kind: with_keys(
+                    only_tasks(snips_recipe(), {task}, keep_crf=kind == "mtl"), seed=seed), seed=seed)
     for seed in (1, 2, 3):
         add(f"snips_mtl_seed{seed}", "snips", "mtl", f"hf_mtl joint intent + slots (recipe v1), seed {seed}",
             config=lambda seed=seed: with_keys(snips_recipe_v1(), seed=seed), seed=seed)
@@ -173,10 +189,24 @@ def build_rows() -> dict:
         "hf_mtl NER + topic, temperature (T=2), uncertainty loss weighting, seed 1",
         config=lambda: with_keys(conll_ag_recipe(), task_sampling="temperature", sampling_temperature=2.0,
                                  loss_weighting="uncertainty"), seed=1)
+    add("conll_ag_mtl_per_row", "conll_ag", "mtl",
+        "hf_mtl NER + topic, temperature (T=2), loss_reduction per_row, seed 1",
+        config=lambda: with_keys(conll_ag_recipe(), task_sampling="temperature", sampling_temperature=2.0,
+                                 loss_reduction="per_row"), seed=1)
+    for seed in (2, 3):  # seed 1 is the row without a suffix
+        add(f"conll_ag_mtl_per_row_seed{seed}", "conll_ag", "mtl",
+            f"hf_mtl NER + topic, temperature (T=2), loss_reduction per_row, seed {seed}",
+            config=lambda seed=seed: with_keys(conll_ag_recipe(), task_sampling="temperature", sampling_temperature=2.0,
+                                               loss_reduction="per_row", seed=seed), seed=seed)
     add("conll_ner_only", "conll_ag", "mtl", "hf_mtl, CoNLL NER only, seed 1",
         config=lambda: only_tasks(conll_ag_recipe(), {"ner"}), seed=1)
     add("ag_topic_only", "conll_ag", "mtl", "hf_mtl, AG News topic only, seed 1",
         config=lambda: only_tasks(conll_ag_recipe(), {"topic"}), seed=1)
+    for seed in (2, 3):  # seed 1 is the row without a suffix
+        add(f"conll_ner_only_seed{seed}", "conll_ag", "mtl", f"hf_mtl, CoNLL NER only, seed {seed}",
+            config=lambda seed=seed: with_keys(only_tasks(conll_ag_recipe(), {"ner"}), seed=seed), seed=seed)
+        add(f"ag_topic_only_seed{seed}", "conll_ag", "mtl", f"hf_mtl, AG News topic only, seed {seed}",
+            config=lambda seed=seed: with_keys(only_tasks(conll_ag_recipe(), {"topic"}), seed=seed), seed=seed)
     add("conll_ag_mtl_frozen", "conll_ag", "mtl", "hf_mtl NER + topic (proportional), encoder frozen, seed 1",
         config=lambda: with_keys(conll_ag_recipe(), task_sampling="proportional", freeze_encoder=True), seed=1)
 
@@ -542,7 +572,11 @@ def default_command(name):
 
 SNIPS_COLUMNS = ("row", "model", "intent acc", "slot F1", "sentence acc", "train s", "test s (700)", "best epoch",
                  "run on", "command")
-CONLL_COLUMNS = ("row", "model", "NER F1", "topic acc", "train s", "test s", "best epoch", "run on", "command")
+CONLL_COLUMNS = ("row", "model", "NER F1", "topic acc", "dev NER F1", "dev topic acc", "train s", "test s", "best epoch",
+                 "run on", "command")
+# Rows run with seeds 2 and 3 beside a seed-1 row of another name: seed-1 row -> the rows of its seeds.
+CONLL_SEED_FAMILIES = {first: [first] + [f"{first}_seed{seed}" for seed in (2, 3)]
+                       for first in ("conll_ag_mtl_per_row", "conll_ner_only", "ag_topic_only")}
 PAIRS_COLUMNS = ("row", "model", "MRPC F1", "MRPC acc", "STS Pearson (val)", "STS Spearman (val)",
                  "zero-shot cosine Pearson", "SNIPS intent acc", "SNIPS slot F1", "train s", "run on", "command")
 MIXSNIPS_COLUMNS = ("row", "model", "intent exact-set acc", "intent micro-F1", "slot F1", "train s", "best epoch",
@@ -619,6 +653,10 @@ def table_markdown(results_dir: Path) -> str:
         and "test_slots_f1" in result["metrics"] else "–",
         secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), run_on(result)])
     for prefix, describe in (("snips_recipe", "hf_mtl joint, recipe (12 epochs, CRF slots)"),
+                             ("snips_recipe_intent_only", "hf_mtl intent only, recipe"),
+                             ("snips_recipe_slots_only", "hf_mtl slots only, recipe"),
+                             ("snips_recipe_hf_seqcls", "stock sequence classifier, recipe's epochs"),
+                             ("snips_recipe_hf_tokcls", "stock token classifier, recipe's epochs"),
                              ("snips_mtl", "hf_mtl joint, recipe v1")):
         done = [result for result in (results.get(f"{prefix}_seed{seed}") for seed in (1, 2, 3)) if result]
         if len(done) < 2:
@@ -673,7 +711,19 @@ def table_markdown(results_dir: Path) -> str:
     lines.append("")
     lines += setting_table("conll_ag", CONLL_COLUMNS, lambda result: [
         fmt(get(result, "test_ner_f1")), fmt(get(result, "test_topic_accuracy")),
+        fmt(get(result, "eval_ner_f1")), fmt(get(result, "eval_topic_accuracy")),
         secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), run_on(result)])
+    for first, names in CONLL_SEED_FAMILIES.items():
+        done = [results[name] for name in names if name in results]
+        if len(done) < 2:
+            continue
+        lines.append(f"| **{first} (mean ± std over seeds " + ", ".join(str(r["seed"]) for r in done) + ")** | "
+                     f"{ROWS[first]['describe'].rsplit(', seed', 1)[0]} | "
+                     + " | ".join(mean_std([get(r, key) for r in done]) for key in (
+                         "test_ner_f1", "test_topic_accuracy", "eval_ner_f1", "eval_topic_accuracy")) + " | "
+                     + " | ".join([mean_std([r["train_seconds"] for r in done], 1, 0),
+                                   mean_std([r["test_seconds"] for r in done], 1, 1)]) + " | | "
+                     + ", ".join(run_on(r) for r in done) + " | |")
     lines.append("")
     lines.append("### Sentence pairs: MRPC (paraphrase) and STS 2015 (similarity 0-5), MiniLM-L6")
     lines.append("")

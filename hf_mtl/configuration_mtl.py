@@ -15,6 +15,7 @@ RESERVED_OUTPUT_KEYS = ("text", "text_pair", "words", "words_pair", "tags")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 POOLING_MODES = ("cls", "mean", "max", "pooler")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
+LOSS_REDUCTIONS = ("per_task", "per_row")
 # What a saved task dict may hold besides name, type, problem_type and labels, per kind of task.
 TASK_KIND_KEYS = {
     "single_label_classification": ("class_weights",),
@@ -134,6 +135,12 @@ class MultiTaskConfig(PretrainedConfig):
             Task name -> weight of its loss in the sum (default 1.0 each).
         loss_weighting (`str`, defaults to `"static"`):
             `"static"` uses `loss_weights`; `"uncertainty"` learns one log-variance per task (Kendall et al. 2018).
+        loss_reduction (`str`, defaults to `"per_task"`):
+            How a batch weighs each task's loss, its mean over the task's labelled rows (tokens for a token task):
+            `"per_task"` adds the means as they are, so a task counts as much in a batch where it labels one row
+            as in one where it labels all; `"per_row"` scales each mean by the share of the batch's rows the task
+            labels, so every labelled row counts the same whatever its batch's mix (rows of separate data sets
+            mixed in a batch, or labels absent on some rows). The two are equal when every task labels every row.
     """
 
     model_type = "hf_mtl"
@@ -150,6 +157,7 @@ class MultiTaskConfig(PretrainedConfig):
         classifier_dropout=None,
         loss_weights=None,
         loss_weighting="static",
+        loss_reduction="per_task",
         **kwargs,
     ):
         if isinstance(encoder, dict):
@@ -162,6 +170,7 @@ class MultiTaskConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.loss_weights = {name: float(weight) for name, weight in (loss_weights or {}).items()}
         self.loss_weighting = loss_weighting
+        self.loss_reduction = loss_reduction
         super().__init__(**kwargs)
         # A config built with no tasks is only legal as the blank that `from_pretrained` fills in afterwards.
         if tasks is not None:
@@ -192,6 +201,10 @@ class MultiTaskConfig(PretrainedConfig):
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(
                 f"MultiTaskConfig.loss_weighting: {self.loss_weighting!r} is not one of {list(LOSS_WEIGHTINGS)}"
+            )
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"MultiTaskConfig.loss_reduction: {self.loss_reduction!r} is not one of {list(LOSS_REDUCTIONS)}"
             )
         unknown_weights = set(self.loss_weights) - seen
         if unknown_weights:

@@ -664,8 +664,12 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             else:
                 task_loss = head.loss(logits[name], task_labels, word_start_mask=word_start_mask,
                                       label_smoothing=label_smoothing)
-                has_labels = bool(head.labelled_rows(task_labels).any())
+                labelled = head.labelled_rows(task_labels)
+                has_labels = bool(labelled.any())
             task_losses[name] = task_loss.detach()
+            if self.config.loss_reduction == "per_row" and task_labels is not None:
+                # Scaled by the share of the batch's rows it labels (task_losses keep the task's own mean).
+                task_loss = task_loss * (labelled.sum() / labelled.numel()).to(task_loss.dtype)
             if self.task_log_variances is not None:
                 # Kendall et al. 2018: exp(-s) L + s/2, with s = log(sigma^2) learned; absent tasks add nothing.
                 log_variance = self.task_log_variances[index]

@@ -16,7 +16,7 @@ import types
 import typing
 from enum import Enum
 
-from .configuration_mtl import LOSS_WEIGHTINGS, POOLING_MODES
+from .configuration_mtl import LOSS_REDUCTIONS, LOSS_WEIGHTINGS, POOLING_MODES
 from .data.prepare import check_run_arguments
 from .data.sampling import sampling_probabilities
 from .data.specs import check_dataset_specs, parse_tasks
@@ -158,6 +158,7 @@ def check_run_settings(model_args, data_args, training_args) -> list:
     check_attention(model_args.attn_implementation)
     check_reporting(training_args.report_to)
     check_choice("loss_weighting", model_args.loss_weighting, LOSS_WEIGHTINGS)
+    check_choice("loss_reduction", model_args.loss_reduction, LOSS_REDUCTIONS)
     check_loss_weights(model_args.loss_weights, [task.name for task in tasks])
     check_unfreeze_schedule(training_args.unfreeze_schedule)
     check_best_metric(training_args, tasks)

@@ -79,6 +79,11 @@ class ModelArguments:
     loss_weighting: str | None = field(
         default=None, metadata={"help": "static (loss_weights) or uncertainty (learned); default static, or the trained model's."}
     )
+    loss_reduction: str | None = field(
+        default=None,
+        metadata={"help": "per_task (each task's batch mean as is) or per_row (scaled by the share of the batch's rows "
+                          "the task labels); default per_task, or the trained model's."},
+    )
 
     def __post_init__(self):
         parse_json_fields(self, "loss_weights")
@@ -246,7 +251,8 @@ def trained_config(model_path: str):
 
 # Model settings a run does not set: a new model gets these, a trained model keeps its own.
 MODEL_SETTING_DEFAULTS = {"pooling": "mean", "normalize_embeddings": False, "classifier_dropout": None,
-                          "loss_weights": None, "loss_weighting": "static"}
+                          "loss_weights": None, "loss_weighting": "static",
+                          "loss_reduction": "per_task"}
 
 
 def model_settings(model_args, previous_config) -> dict:
@@ -593,6 +599,7 @@ def training_settings(model_config, data_args, training_args) -> dict:
         "task_sampling": data_args.task_sampling if len(data_args.datasets) > 1 else None,
         "loss_weighting": model_config.loss_weighting,
         "loss_weights": model_config.loss_weights or None,
+        "loss_reduction": model_config.loss_reduction,
         "pooling": model_config.pooling,
         "freeze_encoder": training_args.freeze_encoder or None,
         "freeze_embeddings": training_args.freeze_embeddings or None,

@@ -30,6 +30,22 @@ def test_rows_read_the_chosen_recipe_and_earlier_rows_keep_recipe_v1(monkeypatch
     assert quality.ROWS["snips_slots_only"]["config"]()["num_train_epochs"] == 6
 
 
+def test_seed_rows_differ_from_their_seed_one_row_only_by_the_seed(monkeypatch):
+    quality = load_bench_script(monkeypatch, "quality")
+    chosen = quality.snips_recipe()
+    for prefix, task in (("snips_recipe_intent_only", "intent"), ("snips_recipe_slots_only", "slots")):
+        for seed in (1, 2, 3):
+            assert quality.ROWS[f"{prefix}_seed{seed}"]["config"]() == dict(quality.only_tasks(chosen, {task}), seed=seed)
+    (stock_slots,) = quality.ROWS["snips_recipe_hf_tokcls_seed1"]["config"]()["tasks"]
+    assert "crf" not in stock_slots and quality.ROWS["snips_recipe_hf_tokcls_seed1"]["config"]()["num_train_epochs"] == 12
+    for first, names in quality.CONLL_SEED_FAMILIES.items():
+        base = quality.ROWS[first]["config"]()
+        assert base["seed"] == 1
+        for seed, name in zip((2, 3), names[1:]):
+            assert quality.ROWS[name]["config"]() == dict(base, seed=seed), name
+    assert quality.ROWS["conll_ag_mtl_per_row"]["config"]()["loss_reduction"] == "per_row"
+
+
 def test_list_names_every_row():
     listed = run_quality("--list", "--results-dir", str(REPO_ROOT / "bench" / "results"))
     assert listed.returncode == 0, listed.stderr

@@ -430,6 +430,10 @@ def case_unknown_loss_weighting(b, tmp):
     return train(config_for(b, tmp, loss_weighting="learned")), ["loss_weighting", "learned"]
 
 
+def case_unknown_loss_reduction(b, tmp):
+    return train(config_for(b, tmp, loss_reduction="mean")), ["loss_reduction", "'mean'", "per_row"]
+
+
 def case_unknown_best_metric(b, tmp):
     config = config_for(b, tmp, metric_for_best_model="eval_f1", load_best_model_at_end=True, eval_strategy="steps",
                         eval_steps=2, save_strategy="steps", save_steps=2)

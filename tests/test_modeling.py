@@ -90,6 +90,45 @@ def test_class_weights_and_uncertainty_weighting():
     assert "task_log_variances" in dict(model.named_parameters())
 
 
+@pytest.mark.parametrize("weighting", ["static", "uncertainty"])
+def test_per_row_reduction_scales_each_task_by_the_share_of_rows_it_labels(weighting):
+    # Rows of two data sets in one batch: the topic labels row 2 only, NER rows 0-1 (row 2 all -100).
+    input_ids, attention_mask, topic, ner = batch()
+    topic = torch.tensor([-100, -100, 1])
+    ner[2] = -100
+    labels = dict(topic_labels=topic, ner_labels=ner)
+    per_task = build(loss_weights={"topic": 0.5}, loss_weighting=weighting)
+    per_row = build(loss_weights={"topic": 0.5}, loss_weighting=weighting, loss_reduction="per_row")
+    if weighting == "uncertainty":
+        for model in (per_task, per_row):
+            with torch.no_grad():
+                model.task_log_variances.copy_(torch.tensor([0.5, -0.25]))
+    as_is = per_task(input_ids=input_ids, attention_mask=attention_mask, **labels)
+    scaled = per_row(input_ids=input_ids, attention_mask=attention_mask, **labels)
+
+    topic_loss = F.cross_entropy(as_is.logits["topic"][2:], topic[2:])
+    kept = ner != -100
+    ner_loss = F.cross_entropy(as_is.logits["ner"][kept], ner[kept])
+    if weighting == "static":
+        expected_as_is, expected_scaled = 0.5 * topic_loss + ner_loss, 0.5 * topic_loss / 3 + ner_loss * 2 / 3
+    else:
+        topic_factor, ner_factor = torch.exp(torch.tensor(-0.5)), torch.exp(torch.tensor(0.25))
+        regulariser = 0.25 - 0.125
+        expected_as_is = topic_factor * topic_loss + ner_factor * ner_loss + regulariser
+        expected_scaled = topic_factor * topic_loss / 3 + ner_factor * ner_loss * 2 / 3 + regulariser
+    torch.testing.assert_close(as_is.loss, expected_as_is)
+    torch.testing.assert_close(scaled.loss, expected_scaled)
+    # Logged task losses stay each task's own mean.
+    torch.testing.assert_close(scaled.task_losses["topic"], topic_loss)
+    torch.testing.assert_close(scaled.task_losses["ner"], ner_loss)
+
+    # Every task labels every row: the reductions agree.
+    _, _, full_topic, full_ner = batch()
+    full = dict(topic_labels=full_topic, ner_labels=full_ner)
+    torch.testing.assert_close(per_row(input_ids=input_ids, attention_mask=attention_mask, **full).loss,
+                               per_task(input_ids=input_ids, attention_mask=attention_mask, **full).loss)
+
+
 def smoothed_cross_entropy(logits, labels, epsilon):
     """By hand: (1 - e) * NLL of the gold class + e * the mean NLL over all classes."""
     log_probs = logits.float().log_softmax(-1)
@@ -147,6 +186,7 @@ def test_pooler_mode_keeps_pooler_other_modes_drop_it():
         (dict(tasks=[dict(TASKS[0], labels=["a", "b", "a"])]), "duplicate labels"),
         (dict(tasks=TASKS, pooling="sum"), "pooling"),
         (dict(tasks=TASKS, loss_weights={"intent": 2.0}), "loss_weights"),
+        (dict(tasks=TASKS, loss_reduction="sum"), "loss_reduction"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, field):

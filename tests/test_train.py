@@ -139,13 +139,13 @@ def test_layerwise_learning_rates_and_no_decay_groups(trained_start):
     assert sum(len(group["params"]) for group in groups) == len(named)
 
 
-def test_uncertainty_weighting_and_balanced_class_weights_are_saved(tmp_path, encoder_dir, data_dir):
+def test_uncertainty_weighting_per_row_reduction_and_balanced_class_weights_are_saved(tmp_path, encoder_dir, data_dir):
     config = joint_config(encoder_dir, data_dir, tmp_path / "out", loss_weighting="uncertainty", do_eval=False,
-                          do_predict=False)
+                          do_predict=False, loss_reduction="per_row")
     config["tasks"][0]["class_weights"] = "balanced"
     run_config(config, tmp_path)
     reloaded = AutoModel.from_pretrained(tmp_path / "out")
-    assert reloaded.config.loss_weighting == "uncertainty"
+    assert reloaded.config.loss_weighting == "uncertainty" and reloaded.config.loss_reduction == "per_row"
     assert torch.count_nonzero(reloaded.task_log_variances) == 2
     weights_topic = reloaded.config.get_task("topic")["class_weights"]
     assert len(weights_topic) == 4 and all(weight > 0 for weight in weights_topic)
