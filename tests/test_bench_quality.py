@@ -44,6 +44,7 @@ def test_seed_rows_differ_from_their_seed_one_row_only_by_the_seed(monkeypatch):
         for seed, name in zip((2, 3), names[1:]):
             assert quality.ROWS[name]["config"]() == dict(base, seed=seed), name
     assert quality.ROWS["conll_ag_mtl_per_row"]["config"]()["loss_reduction"] == "per_row"
+    assert quality.ROWS["conll_ag_mtl_topic_w05_seed2"]["config"]()["loss_weights"] == {"topic": 0.5}
 
 
 def test_list_names_every_row():
