@@ -578,9 +578,6 @@ SNIPS_COLUMNS = ("row", "model", "intent acc", "slot F1", "sentence acc", "train
                  "run on", "command")
 CONLL_COLUMNS = ("row", "model", "NER F1", "topic acc", "dev NER F1", "dev topic acc", "train s", "test s", "best epoch",
                  "run on", "command")
-# Rows run with seeds 2 and 3 beside a seed-1 row of another name: seed-1 row -> the rows of its seeds.
-CONLL_SEED_FAMILIES = {first: [first] + [f"{first}_seed{seed}" for seed in (2, 3)]
-                       for first in ("conll_ag_mtl_topic_w05", "conll_ner_only", "ag_topic_only")}
 PAIRS_COLUMNS = ("row", "model", "MRPC F1", "MRPC acc", "STS Pearson (val)", "STS Spearman (val)",
                  "zero-shot cosine Pearson", "SNIPS intent acc", "SNIPS slot F1", "train s", "run on", "command")
 MIXSNIPS_COLUMNS = ("row", "model", "intent exact-set acc", "intent micro-F1", "slot F1", "train s", "best epoch",
@@ -588,6 +585,18 @@ MIXSNIPS_COLUMNS = ("row", "model", "intent exact-set acc", "intent micro-F1", "
 SNIPS_DEV_COLUMNS = ("row", "model", "dev intent acc", "dev slot F1", "train s", "best epoch", "run on", "command")
 LORA_COLUMNS = ("row", "model", "intent acc", "slot F1", "trainable parameters", "s/step", "peak RSS MiB", "train s",
                 "run on", "command")
+
+
+def seed_families() -> dict:
+    """Rows that differ only by `seed`: their first row's name -> the rows' names, for every group of two or more
+    (the 3-seed rows, whose mean ± std the table adds). Rows of another setting or kind never group (the stock
+    intent classifier reads the same config as hf_mtl's intent-only row)."""
+    groups = {}
+    for name, row in ROWS.items():
+        config = row["config"]()
+        key = (row["setting"], row["kind"], json.dumps(dict(config, seed=None), sort_keys=True))
+        groups.setdefault(key, []).append(name)
+    return {names[0]: names for names in groups.values() if len(names) > 1}
 
 
 def best_epoch(result) -> str:
@@ -649,6 +658,24 @@ def table_markdown(results_dir: Path) -> str:
             table.append("| " + " | ".join(cells) + " |")
         return table
 
+    def mean_rows(setting, metric_keys):
+        """A mean ± std row under a setting's table for each of its seed families with two or more results; the
+        cells follow the setting's columns (metrics, train s, test s, best epoch, run on, command)."""
+        table = []
+        for first, names in seed_families().items():
+            done = [results[name] for name in names if name in results]
+            if ROWS[first]["setting"] != setting or len(done) < 2:
+                continue
+            cells = [f"**{first.removesuffix('_seed1')} (mean ± std over seeds "
+                     + ", ".join(str(result["seed"]) for result in done) + ")**",
+                     ROWS[first]["describe"].rsplit(", seed", 1)[0]]
+            cells += [mean_std([get(result, key) for result in done]) for key in metric_keys]
+            cells += [mean_std([result["train_seconds"] for result in done], 1, 0),
+                      mean_std([result["test_seconds"] for result in done], 1, 1), "",
+                      ", ".join(run_on(result) for result in done), ""]
+            table.append("| " + " | ".join(cells) + " |")
+        return table
+
     lines.append("### SNIPS (intent + slots), MiniLM-L6")
     lines.append("")
     lines += setting_table("snips", SNIPS_COLUMNS, lambda result: [
@@ -656,23 +683,7 @@ def table_markdown(results_dir: Path) -> str:
         fmt(get(result, "sentence_accuracy")) if "test_intent_accuracy" in result["metrics"]
         and "test_slots_f1" in result["metrics"] else "–",
         secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), run_on(result)])
-    for prefix, describe in (("snips_recipe", "hf_mtl joint, recipe (12 epochs, CRF slots)"),
-                             ("snips_recipe_intent_only", "hf_mtl intent only, recipe"),
-                             ("snips_recipe_slots_only", "hf_mtl slots only, recipe"),
-                             ("snips_recipe_hf_seqcls", "stock sequence classifier, recipe's epochs"),
-                             ("snips_recipe_hf_tokcls", "stock token classifier, recipe's epochs"),
-                             ("snips_mtl", "hf_mtl joint, recipe v1")):
-        done = [result for result in (results.get(f"{prefix}_seed{seed}") for seed in (1, 2, 3)) if result]
-        if len(done) < 2:
-            continue
-        lines.append(f"| **{prefix} (mean ± std over seeds " + ", ".join(str(r["seed"]) for r in done) + ")** | "
-                     f"{describe} | "
-                     + " | ".join([mean_std([get(r, "test_intent_accuracy") for r in done]),
-                                   mean_std([get(r, "test_slots_f1") for r in done]),
-                                   mean_std([get(r, "sentence_accuracy") for r in done]),
-                                   mean_std([r["train_seconds"] for r in done], 1, 0),
-                                   mean_std([r["test_seconds"] for r in done], 1, 1)]) + " | | "
-                     + ", ".join(run_on(r) for r in done) + " | |")
+    lines += mean_rows("snips", ("test_intent_accuracy", "test_slots_f1", "sentence_accuracy"))
     lines.append("| *target (issue 15: 3 seeds; stretch slot F1 97.0 = BERT-base, Chen et al. 2019)* | | ≥ 98.6 | "
                  "≥ 96.5 | | ≤ 1200 | | | | |")
     lines.append("")
@@ -717,17 +728,7 @@ def table_markdown(results_dir: Path) -> str:
         fmt(get(result, "test_ner_f1")), fmt(get(result, "test_topic_accuracy")),
         fmt(get(result, "eval_ner_f1")), fmt(get(result, "eval_topic_accuracy")),
         secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), run_on(result)])
-    for first, names in CONLL_SEED_FAMILIES.items():
-        done = [results[name] for name in names if name in results]
-        if len(done) < 2:
-            continue
-        lines.append(f"| **{first} (mean ± std over seeds " + ", ".join(str(r["seed"]) for r in done) + ")** | "
-                     f"{ROWS[first]['describe'].rsplit(', seed', 1)[0]} | "
-                     + " | ".join(mean_std([get(r, key) for r in done]) for key in (
-                         "test_ner_f1", "test_topic_accuracy", "eval_ner_f1", "eval_topic_accuracy")) + " | "
-                     + " | ".join([mean_std([r["train_seconds"] for r in done], 1, 0),
-                                   mean_std([r["test_seconds"] for r in done], 1, 1)]) + " | | "
-                     + ", ".join(run_on(r) for r in done) + " | |")
+    lines += mean_rows("conll_ag", ("test_ner_f1", "test_topic_accuracy", "eval_ner_f1", "eval_topic_accuracy"))
     lines.append("")
     lines.append("### Sentence pairs: MRPC (paraphrase) and STS 2015 (similarity 0-5), MiniLM-L6")
     lines.append("")

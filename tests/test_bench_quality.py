@@ -30,21 +30,43 @@ def test_rows_read_the_chosen_recipe_and_earlier_rows_keep_recipe_v1(monkeypatch
     assert quality.ROWS["snips_slots_only"]["config"]()["num_train_epochs"] == 6
 
 
-def test_seed_rows_differ_from_their_seed_one_row_only_by_the_seed(monkeypatch):
+def test_seed_families_group_the_rows_that_differ_only_by_the_seed(monkeypatch):
     quality = load_bench_script(monkeypatch, "quality")
+    families = quality.seed_families()
     chosen = quality.snips_recipe()
     for prefix, task in (("snips_recipe_intent_only", "intent"), ("snips_recipe_slots_only", "slots")):
+        assert families[f"{prefix}_seed1"] == [f"{prefix}_seed{seed}" for seed in (1, 2, 3)]
         for seed in (1, 2, 3):
             assert quality.ROWS[f"{prefix}_seed{seed}"]["config"]() == dict(quality.only_tasks(chosen, {task}), seed=seed)
+    # the stock intent classifier reads the intent-only row's config: its kind keeps the two families apart
+    assert families["snips_recipe_hf_seqcls_seed1"] == [f"snips_recipe_hf_seqcls_seed{seed}" for seed in (1, 2, 3)]
     (stock_slots,) = quality.ROWS["snips_recipe_hf_tokcls_seed1"]["config"]()["tasks"]
     assert "crf" not in stock_slots and quality.ROWS["snips_recipe_hf_tokcls_seed1"]["config"]()["num_train_epochs"] == 12
-    for first, names in quality.CONLL_SEED_FAMILIES.items():
-        base = quality.ROWS[first]["config"]()
-        assert base["seed"] == 1
-        for seed, name in zip((2, 3), names[1:]):
-            assert quality.ROWS[name]["config"]() == dict(base, seed=seed), name
+    for first in ("conll_ag_mtl_topic_w05", "conll_ner_only", "ag_topic_only"):  # seed 1 carries no suffix
+        assert families[first] == [first, f"{first}_seed2", f"{first}_seed3"]
+    for names in families.values():
+        assert sorted(quality.ROWS[name]["config"]()["seed"] for name in names) == [1, 2, 3], names
+    assert "snips_dev_e12_crf" not in families and "snips_full_ft" not in families  # single rows, other settings
     assert quality.ROWS["conll_ag_mtl_per_row"]["config"]()["loss_reduction"] == "per_row"
     assert quality.ROWS["conll_ag_mtl_topic_w05_seed2"]["config"]()["loss_weights"] == {"topic": 0.5}
+
+
+def test_table_adds_a_mean_row_for_a_seed_family_with_two_results(monkeypatch, tmp_path):
+    quality = load_bench_script(monkeypatch, "quality")
+    environment = {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2, "cpu_capability": "AVX512",
+                   "native_bf16": True, "python": "3", "torch": "2", "transformers": "5", "platform": "Linux"}
+    for name, seed, ner_f1, seconds in (("conll_ner_only", 1, 0.85, 400.0), ("conll_ner_only_seed2", 2, 0.87, 420.0),
+                                        ("ag_topic_only", 1, None, 300.0)):
+        result = {"row": name, "seed": seed, "command": f"run {name}", "started_utc": f"2026-12-0{seed}",
+                  "environment": environment, "precision": "bf16", "train_seconds": seconds, "test_seconds": 20.0,
+                  "metrics": {"test_ner_f1": ner_f1, "eval_ner_f1": ner_f1, "test_topic_accuracy": 0.9}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    table = quality.table_markdown(tmp_path).splitlines()
+    (mean_row,) = [line for line in table if "(mean ± std" in line]
+    cells = [cell.strip() for cell in mean_row.strip("|").split("|")]
+    assert cells[0] == "**conll_ner_only (mean ± std over seeds 1, 2)**"
+    assert cells[2:8] == ["86.00 ± 1.41", "90.00 ± 0.00", "86.00 ± 1.41", "–", "410 ± 14", "20.0 ± 0.0"]
+    assert cells[9] == "M1 bf16, M1 bf16"  # one family with a single result (ag_topic_only) gets no mean row
 
 
 def test_list_names_every_row():
