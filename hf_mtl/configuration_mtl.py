@@ -16,6 +16,18 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 POOLING_MODES = ("cls", "mean", "max", "pooler")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
 LOSS_REDUCTIONS = ("per_task", "per_row")
+# The config's enumerated settings -> their values: the one rule the config and the run's preflight both apply.
+SETTING_CHOICES = {"pooling": POOLING_MODES, "loss_weighting": LOSS_WEIGHTINGS, "loss_reduction": LOSS_REDUCTIONS}
+
+
+def check_setting_choices(settings: dict, where: str = "MultiTaskConfig.") -> None:
+    """Raise a `ValueError` naming the field for the first enumerated setting in `settings` that is not one of its
+    values (a setting left out is not checked)."""
+    for key, choices in SETTING_CHOICES.items():
+        if key in settings and settings[key] not in choices:
+            raise ValueError(f"{where}{key}: {settings[key]!r} is not one of {', '.join(choices)}")
+
+
 # What a saved task dict may hold besides name, type, problem_type and labels, per kind of task.
 TASK_KIND_KEYS = {
     "single_label_classification": ("class_weights",),
@@ -191,20 +203,11 @@ class MultiTaskConfig(PretrainedConfig):
             if task["name"] in seen:
                 raise ValueError(f"{where}.name: duplicate task name {task['name']!r}")
             seen.add(task["name"])
-        if self.pooling not in POOLING_MODES:
-            raise ValueError(f"MultiTaskConfig.pooling: {self.pooling!r} is not one of {list(POOLING_MODES)}")
+        check_setting_choices({key: getattr(self, key) for key in SETTING_CHOICES})
         if self.pooling == "pooler" and not encoder_has_pooler(self.encoder):
             raise ValueError(
                 f"MultiTaskConfig.pooling: 'pooler' needs an encoder with a pooler layer, and "
                 f"{self.encoder.model_type!r} has none; use 'cls', 'mean' or 'max'"
-            )
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(
-                f"MultiTaskConfig.loss_weighting: {self.loss_weighting!r} is not one of {list(LOSS_WEIGHTINGS)}"
-            )
-        if self.loss_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(
-                f"MultiTaskConfig.loss_reduction: {self.loss_reduction!r} is not one of {list(LOSS_REDUCTIONS)}"
             )
         unknown_weights = set(self.loss_weights) - seen
         if unknown_weights:

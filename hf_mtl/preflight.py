@@ -16,7 +16,7 @@ import types
 import typing
 from enum import Enum
 
-from .configuration_mtl import LOSS_REDUCTIONS, LOSS_WEIGHTINGS, POOLING_MODES
+from .configuration_mtl import SETTING_CHOICES, check_setting_choices
 from .data.prepare import check_run_arguments
 from .data.sampling import sampling_probabilities
 from .data.specs import check_dataset_specs, parse_tasks
@@ -154,11 +154,13 @@ def check_run_settings(model_args, data_args, training_args) -> list:
         for key, rule in rules.items():
             if hasattr(arguments, key) and not (key == "num_train_epochs" and training_args.max_steps > 0):
                 check_number(key, getattr(arguments, key), *rule)
-    check_choice("pooling", model_args.pooling, POOLING_MODES)
+    try:  # pooling, loss_weighting, loss_reduction: the config's own rule, applied before anything loads
+        check_setting_choices({key: getattr(model_args, key) for key in SETTING_CHOICES
+                               if getattr(model_args, key) is not None}, where="")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     check_attention(model_args.attn_implementation)
     check_reporting(training_args.report_to)
-    check_choice("loss_weighting", model_args.loss_weighting, LOSS_WEIGHTINGS)
-    check_choice("loss_reduction", model_args.loss_reduction, LOSS_REDUCTIONS)
     check_loss_weights(model_args.loss_weights, [task.name for task in tasks])
     check_unfreeze_schedule(training_args.unfreeze_schedule)
     check_best_metric(training_args, tasks)
@@ -183,11 +185,6 @@ def check_number(key, value, kind, low, low_inclusive, high, high_inclusive):
         ok = value <= high if high_inclusive else value < high
     if not ok:
         raise ConfigError(f"{key}: {requirement} is required, got {value!r}")
-
-
-def check_choice(key, value, choices):
-    if value is not None and value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
 
 
 def check_attention(name):

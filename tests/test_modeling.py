@@ -186,7 +186,9 @@ def test_pooler_mode_keeps_pooler_other_modes_drop_it():
         (dict(tasks=[dict(TASKS[0], labels=["a", "b", "a"])]), "duplicate labels"),
         (dict(tasks=TASKS, pooling="sum"), "pooling"),
         (dict(tasks=TASKS, loss_weights={"intent": 2.0}), "loss_weights"),
-        (dict(tasks=TASKS, loss_reduction="sum"), "loss_reduction"),
+        (dict(tasks=TASKS, loss_reduction="sum"), "MultiTaskConfig.loss_reduction: 'sum' is not one of"),
+        (dict(tasks=TASKS, loss_weighting="learned"), "MultiTaskConfig.loss_weighting: 'learned' is not one of"),
+        (dict(tasks=TASKS, pooling=None), "MultiTaskConfig.pooling: None is not one of cls, mean, max, pooler"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, field):
