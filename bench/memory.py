@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import environment, replace_section  # bench/benchlib.py: a script's folder is on sys.path
+from benchlib import cpu_name, environment, replace_section  # bench/benchlib.py: a script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "memory.json"
@@ -172,7 +172,7 @@ def table_markdown(results: dict) -> str:
     lines = []
     if environment_line:
         env = environment_line
-        lines.append(f"Machine: {env['cpu']}, {env['cpu_count']} CPU cores, Python {env['python']}, torch {env['torch']}, "
+        lines.append(f"Machine: {cpu_name(env)}, {env['cpu_count']} CPU cores, Python {env['python']}, torch {env['torch']}, "
                      f"transformers {env['transformers']}. float32, AdamW, {STEPS} optimizer steps, evaluation and "
                      "checkpoints off. RSS at training start: the model built and the data prepared; peak: the "
                      "process's maximum (getrusage) when training ends, before the final save; one figure per "

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import environment, replace_section  # bench/benchlib.py: a script's folder is on sys.path
+from benchlib import cpu_name, environment, replace_section  # bench/benchlib.py: a script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -610,7 +610,7 @@ def best_epoch(result) -> str:
 
 def machine_label(env: dict) -> str:
     bf16 = "native bf16" if env.get("native_bf16") else f"no native bf16 ({env.get('cpu_capability', '?')})"
-    return (f"{env['cpu']}, {env['cpu_count']} CPU cores, {bf16}, torch threads {env['torch_threads']}, "
+    return (f"{cpu_name(env)}, {env['cpu_count']} CPU cores, {bf16}, torch threads {env['torch_threads']}, "
             f"{env['platform']}; Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}")
 
 
@@ -658,9 +658,18 @@ def table_markdown(results_dir: Path) -> str:
             table.append("| " + " | ".join(cells) + " |")
         return table
 
-    def mean_rows(setting, metric_keys):
+    def metric(key):
+        return lambda result: get(result, key)
+
+    def sentence_accuracy(result):
+        """Every intent and slot of an utterance right: a joint row's number only (a single-task row's file has it)."""
+        joint = "test_intent_accuracy" in result["metrics"] and "test_slots_f1" in result["metrics"]
+        return get(result, "sentence_accuracy") if joint else None
+
+    def mean_rows(setting, metrics):
         """A mean ± std row under a setting's table for each of its seed families with two or more results; the
-        cells follow the setting's columns (metrics, train s, test s, best epoch, run on, command)."""
+        cells follow the setting's columns (`metrics`: result -> value, then train s, test s, best epoch, run on,
+        command)."""
         table = []
         for first, names in seed_families().items():
             done = [results[name] for name in names if name in results]
@@ -669,7 +678,7 @@ def table_markdown(results_dir: Path) -> str:
             cells = [f"**{first.removesuffix('_seed1')} (mean ± std over seeds "
                      + ", ".join(str(result["seed"]) for result in done) + ")**",
                      ROWS[first]["describe"].rsplit(", seed", 1)[0]]
-            cells += [mean_std([get(result, key) for result in done]) for key in metric_keys]
+            cells += [mean_std([value(result) for result in done]) for value in metrics]
             cells += [mean_std([result["train_seconds"] for result in done], 1, 0),
                       mean_std([result["test_seconds"] for result in done], 1, 1), "",
                       ", ".join(run_on(result) for result in done), ""]
@@ -680,10 +689,9 @@ def table_markdown(results_dir: Path) -> str:
     lines.append("")
     lines += setting_table("snips", SNIPS_COLUMNS, lambda result: [
         fmt(get(result, "test_intent_accuracy")), fmt(get(result, "test_slots_f1")),
-        fmt(get(result, "sentence_accuracy")) if "test_intent_accuracy" in result["metrics"]
-        and "test_slots_f1" in result["metrics"] else "–",
+        fmt(sentence_accuracy(result)),
         secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), run_on(result)])
-    lines += mean_rows("snips", ("test_intent_accuracy", "test_slots_f1", "sentence_accuracy"))
+    lines += mean_rows("snips", (metric("test_intent_accuracy"), metric("test_slots_f1"), sentence_accuracy))
     lines.append("| *target (issue 15: 3 seeds; stretch slot F1 97.0 = BERT-base, Chen et al. 2019)* | | ≥ 98.6 | "
                  "≥ 96.5 | | ≤ 1200 | | | | |")
     lines.append("")
@@ -728,7 +736,8 @@ def table_markdown(results_dir: Path) -> str:
         fmt(get(result, "test_ner_f1")), fmt(get(result, "test_topic_accuracy")),
         fmt(get(result, "eval_ner_f1")), fmt(get(result, "eval_topic_accuracy")),
         secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), run_on(result)])
-    lines += mean_rows("conll_ag", ("test_ner_f1", "test_topic_accuracy", "eval_ner_f1", "eval_topic_accuracy"))
+    lines += mean_rows("conll_ag", tuple(metric(key) for key in ("test_ner_f1", "test_topic_accuracy", "eval_ner_f1",
+                                                                  "eval_topic_accuracy")))
     lines.append("")
     lines.append("### Sentence pairs: MRPC (paraphrase) and STS 2015 (similarity 0-5), MiniLM-L6")
     lines.append("")

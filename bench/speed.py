@@ -46,7 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import environment, replace_section  # bench/benchlib.py: a script's folder is on sys.path
+from benchlib import cpu_name, environment, replace_section  # bench/benchlib.py: a script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -1023,7 +1023,7 @@ def first_call(row: dict) -> str:
 def markdown(summary: dict) -> str:
     env, bf16 = summary["environment"], summary["bf16"]
     lines = [
-        f"Machine: {env['cpu']}, {env['cpu_count']} CPU cores, torch threads {env['torch_threads']}, "
+        f"Machine: {cpu_name(env)}, {env['cpu_count']} CPU cores, torch threads {env['torch_threads']}, "
         f"cpu_capability {env['cpu_capability']}, {'native' if bf16['native'] else 'no native (emulated)'} bf16; "
         f"Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}. "
         f"Run {env['date']} by `{summary['command']}`"

@@ -1,8 +1,10 @@
 """CI smoke test of the quality benchmark (bench/quality.py --smoke): a few dozen steps, never the full benchmark."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, SHARED_DATA, load_bench_script
@@ -61,12 +63,33 @@ def test_table_adds_a_mean_row_for_a_seed_family_with_two_results(monkeypatch, t
                   "environment": environment, "precision": "bf16", "train_seconds": seconds, "test_seconds": 20.0,
                   "metrics": {"test_ner_f1": ner_f1, "eval_ner_f1": ner_f1, "test_topic_accuracy": 0.9}}
         (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    for seed in (1, 2):  # a slots-only row's file has a sentence accuracy; the table shows it for joint rows only
+        result = {"row": f"snips_recipe_slots_only_seed{seed}", "seed": seed, "command": "run", "started_utc": "2026",
+                  "environment": environment, "precision": "bf16", "train_seconds": 700.0, "test_seconds": 2.0,
+                  "metrics": {"test_slots_f1": 0.96, "sentence_accuracy": 0.9}}
+        (tmp_path / f"snips_recipe_slots_only_seed{seed}.json").write_text(json.dumps(result))
     table = quality.table_markdown(tmp_path).splitlines()
-    (mean_row,) = [line for line in table if "(mean ± std" in line]
-    cells = [cell.strip() for cell in mean_row.strip("|").split("|")]
-    assert cells[0] == "**conll_ner_only (mean ± std over seeds 1, 2)**"
+    mean_rows = {cells[0]: cells for cells in ([cell.strip() for cell in line.strip("|").split("|")]
+                                              for line in table if "(mean ± std" in line)}
+    # one family with a single result (ag_topic_only) gets no mean row
+    assert sorted(mean_rows) == ["**conll_ner_only (mean ± std over seeds 1, 2)**",
+                                 "**snips_recipe_slots_only (mean ± std over seeds 1, 2)**"]
+    cells = mean_rows["**conll_ner_only (mean ± std over seeds 1, 2)**"]
     assert cells[2:8] == ["86.00 ± 1.41", "90.00 ± 0.00", "86.00 ± 1.41", "–", "410 ± 14", "20.0 ± 0.0"]
-    assert cells[9] == "M1 bf16, M1 bf16"  # one family with a single result (ag_topic_only) gets no mean row
+    assert cells[9] == "M1 bf16, M1 bf16"
+    assert mean_rows["**snips_recipe_slots_only (mean ± std over seeds 1, 2)**"][2:5] == ["–", "96.00 ± 0.00", "–"]
+
+
+def test_machine_label_names_the_cpu_family_and_model_where_recorded(monkeypatch):
+    quality = load_bench_script(monkeypatch, "quality")
+    env = quality.environment()
+    cpuinfo = Path("/proc/cpuinfo")
+    if not (cpuinfo.exists() and "cpu family" in cpuinfo.read_text()):
+        pytest.skip("no x86 /proc/cpuinfo here: nothing to record the family from")
+    assert re.fullmatch(r"cpu family \d+ model \d+", env["cpu_family_model"]), env
+    assert quality.machine_label(env).startswith(f"{env['cpu']} ({env['cpu_family_model']}), ")
+    older = {key: value for key, value in env.items() if key != "cpu_family_model"}  # results written before it
+    assert quality.machine_label(older).startswith(f"{env['cpu']}, {env['cpu_count']} CPU cores")
 
 
 def test_list_names_every_row():
