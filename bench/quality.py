@@ -593,8 +593,7 @@ def seed_families() -> dict:
     intent classifier reads the same config as hf_mtl's intent-only row)."""
     groups = {}
     for name, row in ROWS.items():
-        config = row["config"]()
-        key = (row["setting"], row["kind"], json.dumps(dict(config, seed=None), sort_keys=True))
+        key = (row["setting"], row["kind"], json.dumps(dict(row["config"](), seed=None), sort_keys=True))
         groups.setdefault(key, []).append(name)
     return {names[0]: names for names in groups.values() if len(names) > 1}
 
@@ -658,6 +657,8 @@ def table_markdown(results_dir: Path) -> str:
             table.append("| " + " | ".join(cells) + " |")
         return table
 
+    families = seed_families()
+
     def metric(key):
         return lambda result: get(result, key)
 
@@ -671,7 +672,7 @@ def table_markdown(results_dir: Path) -> str:
         cells follow the setting's columns (`metrics`: result -> value, then train s, test s, best epoch, run on,
         command)."""
         table = []
-        for first, names in seed_families().items():
+        for first, names in families.items():
             done = [results[name] for name in names if name in results]
             if ROWS[first]["setting"] != setting or len(done) < 2:
                 continue
