@@ -115,11 +115,32 @@ def validate_task(task: dict, where: str, labels_known: bool = True) -> None:
             raise ValueError(f"{where}.target_std: target_mean and a positive target_std are required, got {mean!r}, {std!r}")
 
 
+def encoder_model_class(encoder_config: PretrainedConfig):
+    """The `AutoModel` class of an encoder config (None for one transformers does not map)."""
+    return MODEL_MAPPING.get(type(encoder_config), None)
+
+
+# Encoders whose position ids start after the padding index (transformers' `create_position_ids_from_input_ids`), so
+# `pad_token_id + 1` of their position embeddings are never a token's position.
+POSITIONS_AFTER_PADDING = {
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert", "longformer", "luke", "mpnet",
+    "roberta-prelayernorm", "xmod", "esm", "lilt", "markuplm",
+}
+
+
+def encoder_max_positions(encoder_config: PretrainedConfig):
+    """Most tokens one input may have for the encoder's position embeddings (None where it has no such limit)."""
+    positions = getattr(encoder_config, "max_position_embeddings", None)
+    if positions is not None and encoder_config.model_type in POSITIONS_AFTER_PADDING:
+        positions -= (encoder_config.pad_token_id or 0) + 1
+    return positions
+
+
 def encoder_has_pooler(encoder_config: PretrainedConfig) -> bool:
     """Whether the `AutoModel` class of this encoder builds a pooler layer (BERT, RoBERTa do; DistilBERT, DeBERTa-v2 do not)."""
     import inspect
 
-    model_class = MODEL_MAPPING.get(type(encoder_config), None)
+    model_class = encoder_model_class(encoder_config)
     return model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
 
 

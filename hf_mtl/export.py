@@ -62,10 +62,39 @@ def export_task(model_dir: str, task_name: str, output_dir: str) -> str:
             weight, bias = weight * task.target_std, bias * task.target_std + task.target_mean
     stock.base_model.load_state_dict(encoder_state, strict=True)
     stock.classifier.load_state_dict({"weight": weight, "bias": bias}, strict=True)
+    check_stock_predicts_as_ours(stock, model, tokenizer, task)
     with output:
         stock.save_pretrained(output.path)
         tokenizer.save_pretrained(output.path)
     return output_dir
+
+
+# Texts of different lengths for the check that the stock model computes our head's logits.
+PROBE_TEXTS = ["Apple opened a store in Paris.", "Book a table for two at the Italian place near Central Park tonight"]
+
+
+def check_stock_predicts_as_ours(stock, model, tokenizer, task) -> None:
+    """Raise a `ConfigError` unless the stock model's logits are our head's (to 1e-4) on probe texts: some stock
+    classes put layers of their own before the classifier (ModernBERT's prediction head), which the export cannot
+    fill from our weights."""
+    import torch
+
+    inputs = tokenizer(PROBE_TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = stock.eval()(**inputs).logits.float()
+        ours = model.eval()(**inputs).logits[task.name].float()
+    if task.kind == "regression":
+        ours = ours.reshape(theirs.shape)
+    if task.labels_per_token:
+        real = inputs["attention_mask"].bool()
+        theirs, ours = theirs[real], ours[real]
+    if not torch.allclose(theirs, ours, atol=1e-4, rtol=1e-4):
+        layers = sorted(name for name, _ in stock.named_children() if name not in (stock.base_model_prefix, "classifier", "dropout"))
+        raise ConfigError(
+            f"task {task.name!r}: a stock {type(stock).__name__} adds layers of its own before the classifier "
+            f"({', '.join(layers) or 'unknown'}), so the export would predict differently. Use MultiTaskPipeline "
+            "or the remote-code folder for this model."
+        )
 
 
 def check_pooler_classifier(stock, pooling: str, task_name: str) -> None:

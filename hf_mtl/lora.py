@@ -73,13 +73,33 @@ def import_peft():
     return peft
 
 
+# Query and value projections by their names across encoder families: LoRA's usual targets, as peft's defaults.
+QUERY_NAMES = ("query", "q", "q_lin", "q_proj", "query_proj")
+VALUE_NAMES = ("value", "v", "v_lin", "v_proj", "value_proj")
+
+
 def attention_linear_names(encoder: nn.Module) -> list:
-    """Names (last part) of the Linear layers inside the first transformer layer's attention block."""
+    """
+    Names (last part) of the Linear layers to adapt in the attention blocks, for an encoder peft has no default for:
+    the query and value projections where the first layer's attention has them by a known name; else every Linear
+    layer of that attention whose name no Linear layer outside an attention block shares (peft matches names
+    anywhere in the encoder: ModernBERT's attention `Wo` would also adapt its MLP's `Wo`).
+    """
     from .training import encoder_layers
 
+    def in_attention(name):
+        return "attention" in name or "attn" in name
+
     first_layer = encoder_layers(encoder)[0]
-    return sorted({name.rsplit(".", 1)[-1] for name, module in first_layer.named_modules()
-                   if isinstance(module, nn.Linear) and ("attention" in name or "attn" in name)})
+    inside = {name.rsplit(".", 1)[-1] for name, module in first_layer.named_modules()
+              if isinstance(module, nn.Linear) and in_attention(name)}
+    query = [name for name in QUERY_NAMES if name in inside]
+    value = [name for name in VALUE_NAMES if name in inside]
+    if query and value:
+        return sorted([query[0], value[0]])
+    outside = {name.rsplit(".", 1)[-1] for name, module in encoder.named_modules()
+               if isinstance(module, nn.Linear) and not in_attention(name)}
+    return sorted(inside - outside)
 
 
 def default_target_modules(encoder: nn.Module) -> list:

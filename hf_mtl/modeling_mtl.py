@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_mtl import MultiTaskConfig, encoder_has_pooler, task_kind, task_num_outputs
+from .configuration_mtl import MultiTaskConfig, encoder_has_pooler, encoder_model_class, task_kind, task_num_outputs
 
 LABELS_SUFFIX = "_labels"
 
@@ -246,6 +246,20 @@ class LinearChainCRF(nn.Module):
         tags = torch.where(mask, path, tags)
         return tags, torch.where(lengths > 0, best_score, torch.zeros_like(best_score))
 
+    @torch.no_grad()
+    def decode_word_starts(self, logits: torch.Tensor, word_start_mask: torch.Tensor) -> torch.LongTensor:
+        """Token-level `logits [B, S, T]` -> tag ids `[B, S]`: Viterbi over the positions of `word_start_mask` (each
+        word's first sub-token), -100 elsewhere. The one decoding of every backend (torch head, ONNX, OpenVINO)."""
+        index, mask = compact_word_positions(word_start_mask.to(logits.device).bool())
+        tags, _ = self.viterbi_decode(gather_word_positions(logits, index), mask)
+        return scatter_word_tags(tags, index, mask, logits.shape[1])
+
+
+def crf_for_task(task: dict) -> LinearChainCRF:
+    """The CRF of a token task dict with `crf: true`: one tag per label, BIO constraints unless `bio_constraints` is false."""
+    constraints = bio_constraints(task["labels"]) if task.get("bio_constraints", True) else (None, None)
+    return LinearChainCRF(len(task["labels"]), *constraints)
+
 
 def bio_constraints(labels: list) -> tuple:
     """
@@ -374,10 +388,7 @@ class TokenClassificationHead(SingleLabelClassificationHead):
 
     def __init__(self, task: dict, hidden_size: int, dropout: float):
         super().__init__(task, hidden_size, dropout)
-        self.crf = None
-        if task.get("crf"):
-            constraints = bio_constraints(task["labels"]) if task.get("bio_constraints", True) else (None, None)
-            self.crf = LinearChainCRF(len(task["labels"]), *constraints)
+        self.crf = crf_for_task(task) if task.get("crf") else None
 
     def labelled_rows(self, labels):
         return (labels != -100).any(dim=-1)
@@ -408,9 +419,7 @@ class TokenClassificationHead(SingleLabelClassificationHead):
         elsewhere); else None (the argmax of the logits)."""
         if self.crf is None or word_start_mask is None:
             return None
-        index, mask = compact_word_positions(word_start_mask.to(logits.device).bool())
-        tags, _ = self.crf.viterbi_decode(gather_word_positions(logits, index), mask)
-        return scatter_word_tags(tags, index, mask, logits.shape[1])
+        return self.crf.decode_word_starts(logits, word_start_mask)
 
 
 class MultiLabelClassificationHead(TaskHead):
@@ -463,6 +472,32 @@ class RegressionHead(TaskHead):
         return F.mse_loss((predicted - targets) / self.target_std, torch.zeros_like(predicted))
 
 
+# Attention implementations by the `_supports_*` flag of a transformers model class that enables them.
+ATTENTION_FLAGS = {"sdpa": "sdpa", "flash_attn": "flash_attention", "flex_attn": "flex_attention"}
+
+
+def encoder_supports(encoder_config, flag: str) -> bool:
+    """Whether the encoder's model class declares `_supports_<flag>` (sdpa, flash_attn, flex_attn)."""
+    return bool(getattr(encoder_model_class(encoder_config), f"_supports_{flag}", False))
+
+
+def check_attention_choice(encoder_config, attn_implementation) -> None:
+    """Raise a `ValueError` naming the encoder and what it supports when an explicit `attn_implementation` (a plain
+    name, not a Hub kernel) needs a flag the encoder's class does not declare; None (transformers' choice) passes."""
+    if not isinstance(attn_implementation, str) or "/" in attn_implementation or attn_implementation == "eager":
+        return
+    needed = next((flag for flag, prefix in ATTENTION_FLAGS.items() if attn_implementation.startswith(prefix)), None)
+    if needed is None or encoder_supports(encoder_config, needed):
+        return
+    supported = ["eager"] + [prefix for flag, prefix in ATTENTION_FLAGS.items() if encoder_supports(encoder_config, flag)]
+    encoder_class = encoder_model_class(encoder_config)
+    name = encoder_class.__name__ if encoder_class is not None else encoder_config.model_type
+    raise ValueError(
+        f"attn_implementation: {attn_implementation!r} is not supported by the encoder {name}, which supports "
+        f"{', '.join(supported)}"
+    )
+
+
 # One head class per kind of task (`configuration_mtl.task_kind`).
 TASK_HEADS = {
     "single_label_classification": SingleLabelClassificationHead,
@@ -478,10 +513,20 @@ class MultiTaskPreTrainedModel(PreTrainedModel):
     base_model_prefix = "encoder"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
+
+    # The attention implementations the wrapper supports are its encoder's: transformers resolves the default (SDPA
+    # where the encoder class has it, else eager) and checks an explicit choice against these flags.
+    @property
+    def _supports_sdpa(self):
+        return encoder_supports(self.config.encoder, "sdpa")
+
+    @property
+    def _supports_flash_attn(self):
+        return encoder_supports(self.config.encoder, "flash_attn")
+
+    @property
+    def _supports_flex_attn(self):
+        return encoder_supports(self.config.encoder, "flex_attn")
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -507,6 +552,7 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
     accepts_loss_kwargs = False
 
     def __init__(self, config: MultiTaskConfig):
+        check_attention_choice(config.encoder, config._attn_implementation)
         super().__init__(config)
         encoder_kwargs = {"dtype": torch.get_default_dtype()}
         if encoder_has_pooler(config.encoder):
@@ -544,6 +590,11 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         """
         load_keys = ("attn_implementation", "revision", "token", "cache_dir", "local_files_only")
         load_kwargs = {key: kwargs.pop(key) for key in load_keys if key in kwargs}
+        if load_kwargs.get("attn_implementation") is not None:
+            # Our error, naming what the encoder supports, before the weights are read.
+            config_kwargs = {key: value for key, value in load_kwargs.items() if key != "attn_implementation"}
+            encoder_config = AutoConfig.from_pretrained(encoder_name_or_path, **config_kwargs)
+            check_attention_choice(encoder_config, load_kwargs["attn_implementation"])
         pretrained = AutoModel.from_pretrained(encoder_name_or_path, dtype=torch.get_default_dtype(), **load_kwargs)
         config = MultiTaskConfig(encoder=pretrained.config.to_dict(), tasks=tasks, pooling=pooling, **kwargs)
         if "attn_implementation" in load_kwargs:
@@ -700,6 +751,7 @@ __all__ = [
     "MultiTaskPreTrainedModel",
     "bio_constraints",
     "compact_word_positions",
+    "crf_for_task",
     "gather_word_positions",
     "scatter_word_tags",
 ]

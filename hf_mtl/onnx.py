@@ -2,7 +2,11 @@
 
 The exported folder holds `model.onnx` (float32), with `--quantize int8` also `model_int8.onnx` (dynamic int8 weights
 and activations of the matrix products), the tokenizer and the hf_mtl `config.json` (tasks, labels, pooling), so
-`MultiTaskPipeline(folder, backend="onnx")` runs it without the torch weights.
+`MultiTaskPipeline(folder, backend="onnx")` runs it without the torch weights. A model with CRF token tasks also gets
+`crf.safetensors` (each CRF's start, end and transition scores, float32 also beside an int8 graph): the graph gives
+the emission scores and the pipeline decodes them by the same Viterbi as the torch head, BIO constraints rebuilt from
+the labels in `config.json`. Decoding stays outside the graph because it is a loop over word positions that the
+pipeline already runs on whole batches, and the same code then serves every backend.
 
 The graph: inputs as the tokenizer gives them (`input_ids`, `attention_mask`, and `token_type_ids` where the encoder
 takes them), outputs `<task>_logits` per task and `sentence_embedding` (the model's pooling, not normalised), batch
@@ -18,16 +22,20 @@ Runtime's transformer optimizer fuses its graph into the BERT kernels (`Attentio
 
 import inspect
 import json
+import logging
 import warnings
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from .errors import ConfigError, ModelError
 from .export import export_output
 from .loading import load_model_folder
 from .tasks import tasks_of_config
-from .pipeline_mtl import EMBEDDING_OUTPUT, LOGITS_OUTPUT_SUFFIX, ONNX_FILE, ONNX_INT8_FILE, import_backend
+from .pipeline_mtl import CRF_FILE, EMBEDDING_OUTPUT, LOGITS_OUTPUT_SUFFIX, ONNX_FILE, ONNX_INT8_FILE, import_backend
+
+logger = logging.getLogger(__name__)
 
 OPSET = 17
 QUANTIZATIONS = ("int8",)
@@ -71,14 +79,8 @@ def export_onnx(model_dir: str, output_dir: str, quantize: str | None = None) ->
     output.check()  # not the model folder, not a file, not a folder of something else: before anything is loaded
     model, tokenizer = load_model_folder(model_dir, attn_implementation="eager", dtype=torch.float32)
     crf_tasks = [task.name for task in tasks_of_config(model.config) if task.needs_word_starts]
-    if crf_tasks:
-        raise ModelError(
-            f"model {model_dir}: tasks {crf_tasks} decode with a CRF, whose transitions the ONNX export does not "
-            "carry yet; serve this model with the torch backend"
-        )
 
-    encoder_inputs = set(inspect.signature(model.encoder.forward).parameters)
-    input_names = [name for name in tokenizer.model_input_names if name in GRAPH_INPUTS and name in encoder_inputs]
+    input_names = graph_input_names(model, tokenizer)
     probe = tokenizer(PROBE_TEXTS, padding=True, return_tensors="pt")
     probe = {name: probe[name] for name in input_names}
     graph = GraphOutputs(model, input_names).eval()
@@ -87,11 +89,17 @@ def export_onnx(model_dir: str, output_dir: str, quantize: str | None = None) ->
 
     with output:  # written beside output_dir and renamed into place once complete (`hf_mtl.outputs.StagedOutput`)
         staging = output.path
-        _export_graph(graph, probe, expected, staging / ONNX_FILE)
+        traced = staging / f"traced_{ONNX_FILE}"  # before ONNX Runtime's fusions; the int8 fallback's input
+        _export_graph(graph, probe, expected, traced, staging / ONNX_FILE)
         _check_graph(staging / ONNX_FILE, probe, expected, MAX_DIFFERENCE)
         if quantize == "int8":
-            _quantize_int8(staging / ONNX_FILE, staging / ONNX_INT8_FILE)
+            _quantize_int8(staging / ONNX_FILE, traced, staging / ONNX_INT8_FILE)
             _check_graph(staging / ONNX_INT8_FILE, probe, expected, None)
+        traced.unlink()
+        if crf_tasks:
+            crf_state = {f"{name}.{key}": value.detach().float().contiguous()
+                         for name in crf_tasks for key, value in model.heads[name].crf.state_dict().items()}
+            save_file(crf_state, str(staging / CRF_FILE))
         tokenizer.save_pretrained(staging)
         config = model.config.to_dict()
         # The folder has no torch weights or model code: nothing for AutoModel or the remote-code pipeline to load.
@@ -102,7 +110,17 @@ def export_onnx(model_dir: str, output_dir: str, quantize: str | None = None) ->
     return str(output_dir)
 
 
-def _export_graph(graph, probe, expected, path):
+def graph_input_names(model, tokenizer) -> list:
+    """The tokenizer outputs the encoder reads: `token_type_ids` only where it has token type embeddings (DeBERTa-v2
+    takes the argument but has `type_vocab_size` 0, and the traced graph would drop the unused input)."""
+    encoder_inputs = set(inspect.signature(model.encoder.forward).parameters)
+    names = [name for name in tokenizer.model_input_names if name in GRAPH_INPUTS and name in encoder_inputs]
+    if getattr(model.config.encoder, "type_vocab_size", 1) == 0:
+        names = [name for name in names if name != "token_type_ids"]
+    return names
+
+
+def _export_graph(graph, probe, expected, traced, path):
     """TorchScript export with dynamic batch / sequence axes, then ONNX Runtime's BERT fusions where they apply."""
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -118,7 +136,7 @@ def _export_graph(graph, probe, expected, path):
         torch.onnx.export(
             graph,
             tuple(probe.values()),
-            str(path),
+            str(traced),
             input_names=list(probe),
             output_names=graph.output_names,
             dynamic_axes=dynamic_axes,
@@ -127,7 +145,7 @@ def _export_graph(graph, probe, expected, path):
         )
     encoder = graph.model.config.encoder
     optimized = optimize_model(
-        str(path),
+        str(traced),
         model_type="bert",  # the fusion patterns of every BERT-like encoder (BERT, RoBERTa, DistilBERT, ...)
         num_heads=getattr(encoder, "num_attention_heads", 0),
         hidden_size=getattr(encoder, "hidden_size", 0),
@@ -135,7 +153,7 @@ def _export_graph(graph, probe, expected, path):
     optimized.save_model_to_file(str(path))
 
 
-def _quantize_int8(source, target):
+def _quantize_int8(source, traced, target):
     """
     Dynamic int8 quantization of the matrix products and attention (int8 weights, uint8 activations scaled per
     batch) after ONNX Runtime's pre-processing (shape inference), as its quantization guide does it. Weights are
@@ -145,7 +163,13 @@ def _quantize_int8(source, target):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     inferred = target.with_name("shapes_" + source.name)
-    quant_pre_process(str(source), str(inferred), skip_optimization=True)
+    try:
+        quant_pre_process(str(source), str(inferred), skip_optimization=True)
+    except Exception as error:  # ONNX Runtime raises a plain Exception when its symbolic inference gives up
+        # DeBERTa-v2's relative positions and ALBERT's shared layers defeat the symbolic shape inference, and ONNX's
+        # own cannot type the fused operators: quantize the graph as traced, before the fusions, instead.
+        logger.info(f"int8: shape inference of the fused graph failed ({error}); quantizing the unfused graph")
+        quant_pre_process(str(traced), str(inferred), skip_optimization=True, skip_symbolic_shape=True)
     quantize_dynamic(
         str(inferred),
         str(target),

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, Pipeline
 from transformers.utils import cached_file, logging
 
-from .configuration_mtl import MultiTaskConfig, task_kind
+from .configuration_mtl import MultiTaskConfig, encoder_max_positions, task_kind
+from .modeling_mtl import crf_for_task
 
 logger = logging.get_logger(__name__)
 
@@ -31,6 +32,8 @@ DEFAULT_BATCH_SIZE = 64
 # What `hf-mtl export-onnx` writes and the exported backends read: the graph files and its output names.
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model_int8.onnx"
+# The CRF parameters of CRF token tasks beside the graph (`<task>.transitions`, ...): decoded outside it by Viterbi.
+CRF_FILE = "crf.safetensors"
 LOGITS_OUTPUT_SUFFIX = "_logits"
 EMBEDDING_OUTPUT = "sentence_embedding"
 
@@ -191,6 +194,9 @@ class TorchBackend:
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
             return embed(**model_inputs, normalize=False).float()
 
+    def decode_crf(self, name, logits, word_start_mask):
+        return self.model.heads[name].crf.decode_word_starts(logits, word_start_mask)
+
 
 class ExportedMultiTaskModel:
     """
@@ -209,6 +215,25 @@ class ExportedMultiTaskModel:
         self.config = MultiTaskConfig.from_pretrained(self.name_or_path)
         self.path = cached_file(self.name_or_path, self.file_name)
         self.task_names = [task["name"] for task in self.config.tasks]
+        self.crfs = self._load_crfs()
+
+    def _load_crfs(self) -> dict:
+        """CRF token task -> its `LinearChainCRF`, the transitions read from `crf.safetensors` beside the graph."""
+        crf_tasks = [task for task in self.config.tasks if task.get("crf")]
+        if not crf_tasks:
+            return {}
+        from safetensors.torch import load_file
+
+        state = load_file(cached_file(self.name_or_path, CRF_FILE))
+        crfs = {}
+        for task in crf_tasks:
+            crf = crf_for_task(task)
+            crf.load_state_dict({key: state[f"{task['name']}.{key}"] for key in crf.state_dict()})
+            crfs[task["name"]] = crf.eval()
+        return crfs
+
+    def decode_crf(self, name, logits, word_start_mask):
+        return self.crfs[name].decode_word_starts(logits, word_start_mask)
 
     def to(self, device):
         if torch.device(device).type != "cpu":
@@ -506,7 +531,7 @@ class MultiTaskPipeline(Pipeline):
                 # Viterbi over the words' first tokens; a word's score is its emission probability of that tag.
                 word_starts = torch.zeros(logits[name].shape[:2], dtype=torch.bool)
                 word_starts[rows, positions] = True
-                tags = self.model.heads[name].decode(logits[name], word_starts)
+                tags = self.backend.decode_crf(name, logits[name], word_starts)
                 best = tags[rows, positions]
                 scores = probabilities.gather(-1, best.unsqueeze(-1)).squeeze(-1)
             else:
@@ -749,7 +774,7 @@ def check_tokenizer(tokenizer, encoder_config) -> None:
 
 def max_input_length(config, tokenizer) -> int:
     """Most tokens one forward pass reads: the tokenizer's limit, capped by the encoder's position embeddings."""
-    positions = getattr(config.encoder, "max_position_embeddings", None)
+    positions = encoder_max_positions(config.encoder)
     return min(tokenizer.model_max_length, positions) if positions else tokenizer.model_max_length
 
 

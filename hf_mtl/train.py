@@ -20,7 +20,7 @@ import torch
 import transformers
 from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
 
-from .configuration_mtl import MultiTaskConfig
+from .configuration_mtl import MultiTaskConfig, encoder_max_positions
 from .data import MultiTaskCollator, prepare_datasets
 from .errors import ConfigError, HfMtlError, ModelError
 from .evaluation import build_compute_metrics, build_preprocess_logits_for_metrics, decode_predictions
@@ -28,7 +28,7 @@ from .hub import push_folder_to_hub
 from .loading import load_multitask_model, load_tokenizer, looks_like_a_path, verify_model_folder
 from .lora import LoraSettings, add_lora
 from .model_card import write_model_card
-from .modeling_mtl import MultiTaskModel
+from .modeling_mtl import MultiTaskModel, check_attention_choice
 from .outputs import StagedOutput
 from .pipeline_mtl import add_pipeline_to_folder
 from .preflight import check_config_values, check_run_settings
@@ -412,15 +412,17 @@ def load_encoder_and_tokenizer(model_args, data_args):
     except (OSError, ValueError) as error:
         raise ModelError(f"model_name_or_path: cannot load {model_args.model_name_or_path!r}: {error}") from None
     encoder_config = getattr(encoder_config, "encoder", encoder_config)  # an hf_mtl folder nests its encoder's config
+    try:
+        check_attention_choice(encoder_config, model_args.attn_implementation)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     previous_config = trained_config(model_path)
     if previous_config is not None:
         verify_model_folder(model_path)  # its config and weights files, before any data is read
     # Byte-level BPE tokenizers need a prefix space to take pre-split words (as in run_ner.py).
     prefix_space = {"add_prefix_space": True} if encoder_config.model_type in {"roberta", "deberta", "gpt2", "bloom"} else {}
     tokenizer = load_tokenizer(model_path, encoder_config, **prefix_space)
-    max_positions = getattr(encoder_config, "max_position_embeddings", None)
-    if max_positions is not None and encoder_config.model_type in {"roberta", "xlm-roberta", "camembert"}:
-        max_positions -= encoder_config.pad_token_id + 1  # their position ids start after the padding index
+    max_positions = encoder_max_positions(encoder_config)
     if max_positions is not None and data_args.max_seq_length > max_positions:
         raise ConfigError(f"max_seq_length: {data_args.max_seq_length} is above the encoder's limit of {max_positions}")
     return model_path, encoder_config, tokenizer, previous_config

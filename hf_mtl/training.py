@@ -32,9 +32,12 @@ def fall_back_from_emulated_bf16(training_args) -> bool:
 
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
-    """The encoder's stack of transformer layers (BERT/RoBERTa/DeBERTa-v2 `encoder.layer`, DistilBERT `transformer.layer`)."""
+    """The encoder's stack of transformer layers (BERT/RoBERTa/DeBERTa-v2 `encoder.layer`, DistilBERT `transformer.layer`,
+    ALBERT's layer groups `encoder.albert_layer_groups`, whose weights every layer of a group shares)."""
     config = encoder.config
     num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
+    if getattr(config, "num_hidden_groups", None):  # ALBERT: its layers reuse the weights of a few layer groups
+        num_layers = config.num_hidden_groups
     for module in encoder.modules():
         if isinstance(module, nn.ModuleList) and len(module) == num_layers:
             return module

@@ -53,13 +53,25 @@ def load_bench_script(monkeypatch, name: str):
     return module
 
 
+# What a tiny encoder of each architecture needs beside the common sizes: its own size names, a factorised embedding
+# smaller than the hidden size, or special-token ids inside MiniLM's vocabulary (ModernBERT's defaults are beyond it).
+TINY_ARCHITECTURE_SIZES = {
+    "distilbert": dict(dim=32, n_layers=2, n_heads=2, hidden_dim=37),
+    "albert": dict(embedding_size=16),
+    "mobilebert": dict(embedding_size=16, intra_bottleneck_size=32, true_hidden_size=32, num_feedforward_networks=1),
+    "modernbert": dict(global_attn_every_n_layers=2, local_attention=16, pad_token_id=0, bos_token_id=101,
+                       eos_token_id=102, cls_token_id=101, sep_token_id=102),
+}
+
+
 def tiny_encoder_config(model_type: str = "bert", vocab_size: int = 30522, **overrides):
     """A randomly initialised encoder small enough for unit tests (a few hundred k parameters + embeddings)."""
     from transformers import AutoConfig
 
     sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
     if model_type == "distilbert":
-        sizes = dict(dim=32, n_layers=2, n_heads=2, hidden_dim=37)
+        sizes = {}
+    sizes.update(TINY_ARCHITECTURE_SIZES.get(model_type, {}))
     sizes.update(overrides)
     return AutoConfig.for_model(model_type, vocab_size=vocab_size, max_position_embeddings=128, **sizes)
 

@@ -213,13 +213,43 @@ def test_cli_export_errors_are_one_line_and_write_nothing(exported, tmp_path, ca
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_crf_tasks_are_refused(tmp_path, tokenizer, capsys):
-    tasks = [TASKS[0], {**TASKS[1], "crf": True}]
+def broken_bio_transitions(tags: list) -> list:
+    """Positions where an `I-X` tag starts a sentence or follows anything but `B-X` / `I-X`."""
+    return [index for index, tag in enumerate(tags) if tag.startswith("I-")
+            and (index == 0 or tags[index - 1] not in ("B-" + tag[2:], tag))]
+
+
+def test_crf_tasks_decode_in_every_backend_as_in_torch(tmp_path, tokenizer):
+    """CRF heads (BIO-constrained and free) with random transitions: the exported backends decode the graph's
+    emissions by the same Viterbi, over a batch of 0, 1, a few, a windowed long input and a truncated pair."""
+    tasks = [TASKS[0], {**TASKS[1], "crf": True}, {**TASKS[1], "name": "ner_free", "crf": True, "bio_constraints": False}]
     model_dir = build_model(tmp_path, tokenizer, tasks=tasks)
-    capsys.readouterr()  # the progress bars of building the model
-    assert cli.main(["export-onnx", "--model", str(model_dir), "--output", str(tmp_path / "out")]) == 2
-    line = error_line(capsys)
-    assert "['ner']" in line and "CRF" in line and not (tmp_path / "out").exists()
+    model = MultiTaskModel.from_pretrained(model_dir)
+    with torch.no_grad():  # transitions that matter: without the constraints they would pick I- tags after O
+        for name in ("ner", "ner_free"):
+            for parameter in model.heads[name].crf.parameters():
+                parameter.normal_(std=3.0)
+    model.save_pretrained(model_dir)
+    output = tmp_path / "exported"
+    assert cli.main(["export-onnx", "--model", str(model_dir), "--output", str(output), "--quantize", "int8"]) == 0
+    assert (output / "crf.safetensors").is_file()
+
+    inputs = ["", "Berlin", *TEXTS, LONG_TEXT, {"text": LONG_TEXT, "text_pair": "Paris " * 80}]
+    expected = MultiTaskPipeline(str(model_dir), bf16=False)(inputs, return_tags=True)
+    assert any(broken_bio_transitions(result["tags"]["ner_free"]) for result in expected)  # the free CRF is free
+    backends = [("onnx", "model.onnx"), ("onnx", "model_int8.onnx")]
+    try:
+        import openvino  # noqa: F401
+
+        backends.append(("openvino", "model.onnx"))
+    except ImportError:
+        pass
+    for backend, file_name in backends:
+        results = MultiTaskPipeline(str(output), backend=backend, file_name=file_name)(inputs, return_tags=True, bf16=False)
+        for result in results + expected:
+            assert not broken_bio_transitions(result["tags"]["ner"])
+        if file_name == "model.onnx":  # int8 changes the emissions themselves
+            assert_same_predictions(results, expected, score_tolerance=1e-4)
 
 
 @pytest.mark.parametrize("module, extra", [("onnxruntime", "onnx"), ("onnx", "onnx"), ("openvino", "openvino")])
