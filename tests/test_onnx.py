@@ -251,6 +251,16 @@ def test_crf_tasks_decode_in_every_backend_as_in_torch(tmp_path, tokenizer):
         if file_name == "model.onnx":  # int8 changes the emissions themselves
             assert_same_predictions(results, expected, score_tolerance=1e-4)
 
+    # `hf-mtl predict --backend onnx` decodes the same way.
+    lines = tmp_path / "in.txt"
+    lines.write_text("\n".join([*TEXTS, LONG_TEXT]) + "\n", encoding="utf-8")
+    for folder, backend in ((model_dir, "torch"), (output, "onnx")):
+        assert cli.main(["predict", "--model", str(folder), "--backend", backend, "--no-bf16", "--tags",
+                         "--input", str(lines), "--output", str(tmp_path / f"{backend}.jsonl")]) == 0
+    torch_rows, onnx_rows = read_jsonl(tmp_path / "torch.jsonl"), read_jsonl(tmp_path / "onnx.jsonl")
+    assert [row["tags"] for row in onnx_rows] == [row["tags"] for row in torch_rows] == [
+        result["tags"] for result in expected[2:-1]]
+
 
 @pytest.mark.parametrize("module, extra", [("onnxruntime", "onnx"), ("onnx", "onnx"), ("openvino", "openvino")])
 def test_missing_extra_is_one_clear_error(exported, tmp_path, capsys, monkeypatch, module, extra):
