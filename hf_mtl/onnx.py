@@ -20,9 +20,12 @@ Runtime's transformer optimizer fuses its graph into the BERT kernels (`Attentio
 `SkipLayerNormalization`, `BiasGelu`); the graphs of the dynamo exporter, or of SDPA attention, keep attention unfused.
 """
 
+import contextlib
 import inspect
 import json
 import logging
+import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -163,13 +166,16 @@ def _quantize_int8(source, traced, target):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     inferred = target.with_name("shapes_" + source.name)
-    try:
-        quant_pre_process(str(source), str(inferred), skip_optimization=True)
-    except Exception as error:  # ONNX Runtime raises a plain Exception when its symbolic inference gives up
-        # DeBERTa-v2's relative positions and ALBERT's shared layers defeat the symbolic shape inference, and ONNX's
-        # own cannot type the fused operators: quantize the graph as traced, before the fusions, instead.
-        logger.info(f"int8: shape inference of the fused graph failed ({error}); quantizing the unfused graph")
-        quant_pre_process(str(traced), str(inferred), skip_optimization=True, skip_symbolic_shape=True)
+    # A failed symbolic inference dumps its graph into the working directory (sym_shape_infer_temp.onnx and external
+    # data files): it runs in a scratch directory that is removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="hf_mtl-quantize-") as scratch, working_directory(scratch):
+        try:
+            quant_pre_process(str(source), str(inferred), skip_optimization=True)
+        except Exception as error:  # ONNX Runtime raises a plain Exception when its symbolic inference gives up
+            # DeBERTa-v2's relative positions and ALBERT's shared layers defeat the symbolic shape inference, and
+            # ONNX's own cannot type the fused operators: quantize the graph as traced, before the fusions, instead.
+            logger.info(f"int8: shape inference of the fused graph failed ({error}); quantizing the unfused graph")
+            quant_pre_process(str(traced), str(inferred), skip_optimization=True, skip_symbolic_shape=True)
     quantize_dynamic(
         str(inferred),
         str(target),
@@ -178,6 +184,17 @@ def _quantize_int8(source, traced, target):
         per_channel=True,
     )
     inferred.unlink()
+
+
+@contextlib.contextmanager
+def working_directory(path):
+    """The process's working directory set to `path` inside the block (`contextlib.chdir` from Python 3.11 on)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def _check_graph(path, probe, expected, max_difference):

@@ -118,12 +118,14 @@ def test_lora_adapts_the_default_target_modules(trained):
     assert load_file(str(folder / ADAPTER_FOLDER / "adapter_model.safetensors"))
 
 
-def test_onnx_and_int8_predict_what_torch_predicts(trained, tmp_path):
+def test_onnx_and_int8_predict_what_torch_predicts(trained, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     model_type, folder = trained
     assert MATRIX[model_type]["ONNX + int8"] == "yes"
     output = tmp_path / "onnx"
+    monkeypatch.chdir(tmp_path)
     assert cli.main(["export-onnx", "--model", str(folder), "--output", str(output), "--quantize", "int8"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["onnx"]  # nothing left in the working directory (ONNX Runtime's dumps)
     expected = torch_predictions(folder)
     exported = MultiTaskPipeline(str(output), backend="onnx")(TEXTS, return_tags=True)
     for want, got in zip(expected, exported):
