@@ -28,12 +28,15 @@ def check_setting_choices(settings: dict, where: str = "MultiTaskConfig.") -> No
             raise ValueError(f"{where}{key}: {settings[key]!r} is not one of {', '.join(choices)}")
 
 
+# What a token task's tags are: IOB2 (the default), BIOES, or plain labels without prefixes (POS).
+TAG_FORMATS = ("BIO", "BIOES", "plain")
+
 # What a saved task dict may hold besides name, type, problem_type and labels, per kind of task.
 TASK_KIND_KEYS = {
     "single_label_classification": ("class_weights",),
     "multi_label_classification": ("pos_weight", "threshold", "always_top_label"),
     "regression": ("target_mean", "target_std"),
-    "token_classification": ("class_weights", "crf", "bio_constraints"),
+    "token_classification": ("class_weights", "crf", "bio_constraints", "tag_format"),
 }
 
 
@@ -109,6 +112,8 @@ def validate_task(task: dict, where: str, labels_known: bool = True) -> None:
     for key in ("crf", "bio_constraints", "always_top_label"):
         if key in task and not isinstance(task[key], bool):
             raise ValueError(f"{where}.{key}: true or false, got {task[key]!r}")
+    if "tag_format" in task and task["tag_format"] not in TAG_FORMATS:
+        raise ValueError(f"{where}.tag_format: {task['tag_format']!r} is not one of {', '.join(map(repr, TAG_FORMATS))}")
     if "target_mean" in task or "target_std" in task:
         mean, std = task.get("target_mean"), task.get("target_std")
         if not (_is_number(mean) and _is_number(std) and std > 0):

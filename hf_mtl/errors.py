@@ -19,3 +19,7 @@ class ModelError(HfMtlError, ValueError):
 
 class TrainingError(HfMtlError, RuntimeError):
     """Training cannot go on as configured (names the step and what went wrong, e.g. a loss that became NaN)."""
+
+
+class OutputError(HfMtlError, OSError):
+    """An output cannot be written where it was asked (names the path and why, e.g. a full disk)."""

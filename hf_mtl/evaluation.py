@@ -22,7 +22,8 @@ METRIC_MODULE_PATH = Path(__file__).resolve().parent / "metrics" / "multitask_me
 
 @lru_cache(maxsize=None)
 def load_metric(kind: str) -> evaluate.EvaluationModule:
-    """The package's `evaluate` module for one kind of task, loaded by path (works offline).
+    """The package's `evaluate` module for one kind of task (or a token task's tag format, e.g.
+    `"token_classification_plain"`), loaded by path (works offline).
 
     `keep_in_memory` avoids cache files that concurrent DDP processes would otherwise contend for.
     """

@@ -1,12 +1,16 @@
 """The verified loader of hf_mtl model folders, used by every consumer: `hf-mtl predict` / `embed`, the exports, and
 training that continues from a trained folder. New consumers (ONNX export, LoRA, ...) should load through it too.
 
-A folder is refused with one `ModelError` naming it and what is wrong, before anything is built from it, when:
-- it does not exist, has no `config.json`, that file is not JSON (`config.json:L:C`) or not an hf_mtl config;
+A model is a folder, a Hub id (`name` or `org/name`) or a `package:` alias (an encoder installed with pip). It is
+refused with one `ModelError` naming it and what is wrong, before anything is built from it, when:
+- it does not exist (at once: a name that is no folder is a Hub id only if the local Hub cache has it or the Hub
+  answers one request, so a typo such as `outptus/demo` is not retried on an unreachable Hub), has no `config.json`,
+  that file is not JSON (`config.json:L:C`) or not an hf_mtl config;
 - a weights file is missing or damaged (every tensor's header and extent is read, as a truncated copy or a kill during
   `save_pretrained` leaves them);
-- the weights do not match `config.json` (a head missing, of another shape, or not declared: see
-  `MultiTaskModel.from_pretrained`, which is strict for everyone, remote code included);
+- the weights do not match `config.json` (a head missing, of another shape, or not declared; encoder weights of layers
+  the config does not have; a task whose kind or labels differ from what `save_pretrained` recorded in the weights:
+  see `MultiTaskModel.from_pretrained`, which is strict for everyone, remote code included);
 - the tokenizer is missing, slow, or not the encoder's (`pipeline_mtl.check_tokenizer`: transformers builds a 5-token
   tokenizer from a folder without `tokenizer.json`, which turns every word into `[UNK]`).
 """
@@ -24,6 +28,31 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 def looks_like_a_path(name_or_path: str) -> bool:
     """A folder rather than a Hub id (`name` or `org/name`)."""
     return os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+
+
+def check_hub_model_id(name: str, where: str) -> None:
+    """
+    For a name that is no local folder: return when it can be a Hub model (its files are in the local Hub cache, or
+    the Hub answers one request for it); else raise a `ModelError` "no such folder" at once. A typo such as
+    `outptus/demo` reads like a Hub id `org/name`, and transformers would retry an unreachable Hub for half a minute
+    before saying anything.
+    """
+    from huggingface_hub import constants, get_session, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except ValueError:  # not a valid Hub id either (HFValidationError)
+        raise ModelError(f"{where}: no such folder") from None
+    try:
+        # One request without retries, only to know whether the Hub can be asked; what it answers is left to the
+        # download (a private repository answers 401 here, and a token there).
+        get_session().head(f"{constants.ENDPOINT}/api/models/{name}", timeout=10)
+    except Exception as error:  # the HTTP client's connection errors, or huggingface_hub's offline mode
+        raise ModelError(
+            f"{where}: no such folder, nor a Hub model in the local cache (the Hugging Face Hub cannot be reached to "
+            f"look it up: {error})"
+        ) from None
 
 
 def check_weights_file(path) -> None:
@@ -53,14 +82,29 @@ def local_file(model_dir: str, name: str):
         raise ModelError(f"model {model_dir}: cannot be fetched from the Hugging Face Hub ({error})") from None
 
 
+def packaged_model_folder(name_or_path: str, where: str) -> str:
+    """The folder a `package:` alias names (`modeling_mtl.resolve_packaged_model`); anything else unchanged."""
+    if not name_or_path.startswith("package:"):
+        return name_or_path
+    from .modeling_mtl import resolve_packaged_model
+
+    try:
+        return resolve_packaged_model(name_or_path)
+    except ValueError as error:
+        raise ModelError(f"{where}: {error}") from None
+
+
 def verify_model_folder(model_dir) -> MultiTaskConfig:
     """The checks that need no model: the folder, its config, its weights files. Returns the folder's config."""
     model_dir = os.fspath(model_dir)
     where = f"model {model_dir}"
+    model_dir = packaged_model_folder(model_dir, where)
     if os.path.isfile(os.path.expanduser(model_dir)):
         raise ModelError(f"{where}: is a file; give the model's folder")
-    if looks_like_a_path(model_dir) and not os.path.isdir(os.path.expanduser(model_dir)):
-        raise ModelError(f"{where}: no such folder")
+    if not os.path.isdir(os.path.expanduser(model_dir)):
+        if looks_like_a_path(model_dir):
+            raise ModelError(f"{where}: no such folder")
+        check_hub_model_id(model_dir, where)
     model_dir = os.path.expanduser(model_dir)
     config_file = local_file(model_dir, "config.json")
     if config_file is None:
@@ -101,15 +145,22 @@ def verify_model_folder(model_dir) -> MultiTaskConfig:
     return config
 
 
+def local_name(model_dir) -> str:
+    """What transformers is given for a model argument: `~` expanded, a `package:` alias resolved."""
+    model_dir = os.fspath(model_dir)
+    return os.path.expanduser(packaged_model_folder(model_dir, f"model {model_dir}"))
+
+
 def load_multitask_model(model_dir, **kwargs):
     """`MultiTaskModel.from_pretrained` of a verified folder; its errors as one `ModelError` naming the folder."""
     from .modeling_mtl import MultiTaskModel
 
     verify_model_folder(model_dir)
+    folder = local_name(model_dir)
     try:
-        return MultiTaskModel.from_pretrained(os.path.expanduser(os.fspath(model_dir)), **kwargs)
+        return MultiTaskModel.from_pretrained(folder, **kwargs)
     except (OSError, ValueError, RuntimeError) as error:
-        message = str(error).removeprefix(f"{os.path.expanduser(os.fspath(model_dir))}: ")
+        message = str(error).removeprefix(f"{folder}: ")
         raise ModelError(f"model {model_dir}: {message}") from None
 
 
@@ -120,7 +171,7 @@ def load_tokenizer(model_dir, encoder_config, **kwargs):
     from .pipeline_mtl import check_tokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(os.fspath(model_dir)), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(local_name(model_dir), **kwargs)
     except Exception as error:  # the tokenizers library raises plain Exceptions for a damaged tokenizer.json
         raise ModelError(f"model {model_dir}: cannot load its tokenizer ({type(error).__name__}: {error})") from None
     try:
@@ -136,4 +187,5 @@ def load_model_folder(model_dir, *, tokenizer_kwargs=None, **model_kwargs):
     return model, load_tokenizer(model_dir, model.config.encoder, **(tokenizer_kwargs or {}))
 
 
-__all__ = ["check_weights_file", "load_model_folder", "load_multitask_model", "load_tokenizer", "verify_model_folder"]
+__all__ = ["check_hub_model_id", "check_weights_file", "load_model_folder", "load_multitask_model", "load_tokenizer",
+           "verify_model_folder"]

@@ -196,7 +196,7 @@ def _render_results(tasks, metrics_by_split) -> list:
     splits = list(metrics_by_split)
     header = "| metric | " + " | ".join(HUB_SPLITS[split] for split in splits) + " |"
     rule = "|---|" + "---:|" * len(splits)
-    lines = ["", "## Results", "", "Fractions in [0, 1] (mean squared errors in the target's units squared); token tasks are scored at word level with seqeval (entity level)."]
+    lines = ["", "## Results", "", "Fractions in [0, 1] (mean squared errors in the target's units squared); token tasks are scored at word level: entity level with seqeval (BIOES tags in its strict mode), plain tags (`tag_format` `plain`) per word."]
     for task in tasks:
         rows = []
         for metric in task.metric_names:

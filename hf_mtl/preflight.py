@@ -67,7 +67,8 @@ NUMERIC_RULES = {
     },
 }
 # Fields whose JSON may hold more than argparse can parse from a command line.
-JSON_TYPES = {"lora": dict | bool | None}  # `"lora": true` takes the defaults
+# `"lora": true` takes the defaults; `"resume_from_checkpoint": true` the newest intact checkpoint of output_dir.
+JSON_TYPES = {"lora": dict | bool | None, "resume_from_checkpoint": str | bool | None}
 UNFREEZE_KEYS = ("start_frozen_layers", "unfreeze_every_steps", "unfreeze_every_epochs")
 
 

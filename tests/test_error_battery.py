@@ -837,6 +837,217 @@ def case_model_name_null(b, tmp):
     return train(config_for(b, tmp, model_name_or_path=None)), ["model_name_or_path", "a string", "None"]
 
 
+# ---- III.E: command-line inputs, standard input and output, resumed predictions --------------------------------------
+def jsonl_input(tmp, *lines):
+    path = tmp / "input.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def case_predict_lone_surrogate(b, tmp):
+    source = jsonl_input(tmp, '{"text": "anna visited paris"}', '{"text": "omar \\ud800 left"}')
+    return cli_command("predict", "--model", b["previous"], "--input", source, "--output", tmp / "p.jsonl"), [
+        f"--input {source}, line 2", '"text"', "lone surrogate"]
+
+
+def case_embed_jsonl_pair(b, tmp):
+    source = jsonl_input(tmp, '{"text": "anna", "text_pair": "omar"}')
+    return cli_command("embed", "--model", b["previous"], "--input", source, "--output", tmp / "e.npy"), [
+        f"--input {source}, line 1", "text_pair"]
+
+
+def case_embed_jsonl_without_text(b, tmp):
+    source = jsonl_input(tmp, '{"sentence": "anna visited paris"}')
+    return cli_command("embed", "--model", b["previous"], "--input", source, "--output", tmp / "e.npy"), [
+        f"--input {source}, line 1", '"text"', '"tokens"']
+
+
+def case_predict_resume_to_stdout(b, tmp):
+    return cli_command("predict", "--model", b["previous"], "--input", text_input(tmp), "--output", "-",
+                       "--resume"), ["--resume", "standard output"]
+
+
+def case_predict_resume_after_the_input_changed(b, tmp):
+    source, output = text_input(tmp), tmp / "predictions.jsonl"
+    (tmp / ".predictions.jsonl.hf_mtl-partial").write_text('{"text": "anna visited paris"}\n', encoding="utf-8")
+    record = {"input": {"path": str(source), "size": 1, "mtime_ns": 1}, "input-format": None, "tags": False,
+              "bf16": None, "backend": "torch", "onnx-file": None}
+    record["model"] = cli.model_identity(str(b["previous"]))
+    (tmp / ".predictions.jsonl.hf_mtl-partial.json").write_text(json.dumps(record), encoding="utf-8")
+    return cli_command("predict", "--model", b["previous"], "--input", source, "--output", output, "--resume"), [
+        "--resume", ".predictions.jsonl.hf_mtl-partial", "another input", "without --resume"]
+
+
+def case_evaluate_data_without_labels(b, tmp):
+    source = jsonl_input(tmp, '{"tokens": ["anna", "visited", "paris"]}')
+    return cli_command("evaluate", "--model", b["previous"], "--data", source), [
+        f"--data {source}", "no column holds labels", "'topic'", "--config"]
+
+
+def case_evaluate_unknown_task(b, tmp):
+    return cli_command("evaluate", "--model", b["previous"], "--data", b["data"] / "test.jsonl", "--task", "pos"), [
+        "--task pos", "no such task", "topic, ner"]
+
+
+def case_evaluate_output_is_the_model(b, tmp):
+    return cli_command("evaluate", "--model", out(tmp), "--data", b["data"] / "test.jsonl", "--output", out(tmp)), [
+        f"--output {out(tmp)}"]
+
+
+def case_info_of_a_plain_encoder(b, tmp):
+    return cli_command("info", b["encoder"]), [f"model {b['encoder']}", "not an hf_mtl model folder", "'bert'"]
+
+
+# ---- III.B: model folders edited by hand (the weights record what they were saved as) ------------------------------
+def case_config_with_fewer_encoder_layers(b, tmp):
+    model = model_copy(b, tmp)
+    edit_json(model / "config.json", lambda config: config["encoder"].update(num_hidden_layers=1))
+    return predict(model, tmp), [f"model {model}", "encoder weights in the checkpoint that config.json's encoder does "
+                                 "not have", "encoder.encoder.layer.1.", "num_hidden_layers is 1 in config.json but 2"]
+
+
+def case_sentence_task_turned_into_token_task(b, tmp):
+    model = model_copy(b, tmp)
+    edit_json(model / "config.json", lambda config: config["tasks"][0].update(type="token_classification"))
+    return predict(model, tmp), [f"model {model}", "task 'topic': kind 'token_classification' in config.json, "
+                                 "'single_label_classification' in the weights"]
+
+
+def case_token_labels_reordered(b, tmp):
+    model = model_copy(b, tmp)
+    edit_json(model / "config.json", lambda config: config["tasks"][1]["labels"].reverse())
+    return cli_command("export-task", "--model", model, "--task", "ner", "--output", tmp / "ner"), [
+        f"model {model}", "task 'ner': labels ['I-PER'", "in config.json, ['O'", "in the weights"]
+
+
+# ---- III.D: resuming a changed run, damaged checkpoints, push_to_hub preflight ---------------------------------------
+def resumable(b, tmp, **overrides):
+    """A copy of a run with checkpoint-2 (trained once per module), and the config that resumes it with `overrides`."""
+    source = b["root"] / "resumable"
+    settings = dict(max_steps=2, save_strategy="steps", save_steps=2, do_eval=False, do_predict=False)
+    if not source.exists():
+        run_config(joint_config(b["encoder"], b["data"], source, **settings), b["root"])
+    run = Path(shutil.copytree(source, tmp / "resumable"))
+    config = joint_config(b["encoder"], b["data"], run, **{**settings, "resume_from_checkpoint": True, **overrides})
+    return run, config
+
+
+def case_resume_with_reordered_labels(b, tmp):
+    run, config = resumable(b, tmp)
+    config["tasks"][0]["labels"] = ["technology", "sports", "politics", "business"]
+    return train(config), [f"resume_from_checkpoint {run / 'checkpoint-2'}", "tasks.topic.labels: checkpoint"]
+
+
+def case_resume_with_changed_pooling(b, tmp):
+    run, config = resumable(b, tmp, pooling="max")
+    return train(config), ["resume_from_checkpoint", "pooling: checkpoint 'mean', run 'max'"]
+
+
+def case_resume_with_an_added_task(b, tmp):
+    run, config = resumable(b, tmp)
+    config["tasks"].append({"name": "topic2", "type": "sequence_classification", "dataset": "demo",
+                            "label_column": "topic"})
+    return train(config), ["resume_from_checkpoint", "tasks: checkpoint ['topic', 'ner'], run ['topic', 'ner', 'topic2']"]
+
+
+def case_resume_with_crf_turned_on(b, tmp):
+    run, config = resumable(b, tmp)
+    config["tasks"][1]["crf"] = True
+    return train(config), ["resume_from_checkpoint", "tasks.ner.crf: checkpoint None, run True"]
+
+
+def case_resume_with_another_encoder(b, tmp):
+    run, config = resumable(b, tmp, model_name_or_path=str(b["distilbert"]))
+    return train(config), ["resume_from_checkpoint", "encoder.model_type: checkpoint 'bert', run 'distilbert'"]
+
+
+def case_resume_with_a_changed_learning_rate(b, tmp):
+    run, config = resumable(b, tmp)
+    return train(config, "--learning_rate", "3e-3"), ["resume_from_checkpoint", "learning_rate: checkpoint 0.001, run 0.003"]
+
+
+def case_resume_when_every_checkpoint_is_damaged(b, tmp):
+    run, config = resumable(b, tmp)
+    optimizer = run / "checkpoint-2" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    return train(config), [f"resume_from_checkpoint: every checkpoint in {run} is damaged"]
+
+
+def case_resume_from_a_named_damaged_checkpoint(b, tmp):
+    run, config = resumable(b, tmp)
+    (run / "checkpoint-2" / "scheduler.pt").write_bytes(b"")
+    config["resume_from_checkpoint"] = str(run / "checkpoint-2")
+    return train(config), [f"resume_from_checkpoint {run / 'checkpoint-2'}: the checkpoint is damaged", "scheduler.pt"]
+
+
+def case_push_to_hub_offline(b, tmp):
+    return train(config_for(b, tmp, push_to_hub=True)), ["push_to_hub: HF_HUB_OFFLINE is set"]
+
+
+# ---- III.F: token tasks with plain (POS) or BIOES tags ---------------------------------------------------------------
+
+
+def case_pos_tags_in_a_bio_task(b, tmp):
+    rows = [GOOD_ROW, dict(OTHER_ROW, tags=["PROPN", "VERB", "PROPN"])]
+    return train(with_rows(b, tmp, rows)), [
+        "train.jsonl:2", "tasks[1].tags_column", "tag 'PROPN'", "(tag_format 'BIO')", '"tag_format": "plain"']
+
+
+def case_bioes_tags_in_a_bio_task(b, tmp):
+    rows = [GOOD_ROW, dict(OTHER_ROW, tags=["S-PER", "O", "S-ORG"])]
+    return train(with_rows(b, tmp, rows)), ["train.jsonl:2", "tag 'S-PER'", '"tag_format": "BIOES"']
+
+
+def case_unknown_tag_format(b, tmp):
+    config = config_for(b, tmp)
+    config["tasks"][1]["tag_format"] = "IOBES"
+    return train(config), ["tasks[1].tag_format", "'IOBES'", "'BIO', 'BIOES', 'plain'"]
+
+
+def case_iob1_data_for_plain_tags(b, tmp):
+    config = config_for(b, tmp)
+    config["datasets"]["demo"]["tag_scheme"] = "iob1"
+    config["tasks"][1]["tag_format"] = "plain"
+    return train(config), ["datasets.demo.tag_scheme", "tasks[1] ('ner')", "tag_format 'plain'"]
+
+
+# ---- III.C: outputs onto special files, something planted at the lock path --------------------------------------------
+# A FIFO or device is only looked at (tree_hash does not open it either): renaming a file over it would replace it.
+def predict_into(b, tmp, output):
+    return cli_command("predict", "--model", b["previous"], "--input", text_input(tmp), "--output", output)
+
+
+def case_predict_output_is_a_fifo(b, tmp):
+    os.mkfifo(tmp / "pipe")
+    return predict_into(b, tmp, tmp / "pipe"), ["--output", "pipe", "named pipe (FIFO)", "regular file"]
+
+
+def case_predict_output_is_a_device(b, tmp):
+    import stat
+
+    if os.geteuid() != 0:
+        pytest.skip("os.mknod needs root")
+    os.mknod(tmp / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a copy of /dev/null
+    return predict_into(b, tmp, tmp / "null"), ["--output", "null", "character device"]
+
+
+def case_export_output_is_a_fifo(b, tmp):
+    os.mkfifo(tmp / "export")
+    command = cli_command("export-task", "--model", b["previous"], "--task", "ner", "--output", tmp / "export")
+    return command, ["--output", "export", "named pipe (FIFO)", "not a folder"]
+
+
+def case_lock_file_path_is_a_symlink(b, tmp):
+    victim = text_input(tmp, "victim.txt")
+    sibling_path(tmp / "predictions.jsonl", "lock").symlink_to(victim.name)
+    return predict(b["previous"], tmp), ["--output", ".predictions.jsonl.hf_mtl-lock", "symbolic link", "remove it"]
+
+
+def case_train_lock_file_path_is_a_folder(b, tmp):
+    sibling_path(out(tmp), "lock").mkdir()
+    return train(config_for(b, tmp)), ["output_dir", ".out.hf_mtl-lock", "is a folder", "rm -r"]
+
+
 CASES = {name[len("case_"):]: function for name, function in globals().items() if name.startswith("case_")}
 
 

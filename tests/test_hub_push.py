@@ -5,7 +5,8 @@ from huggingface_hub import RepoUrl
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 import hf_mtl.hub
-from hf_mtl.hub import files_to_upload, push_folder_to_hub
+from hf_mtl.errors import ConfigError
+from hf_mtl.hub import check_hub_access, files_to_upload, push_folder_to_hub
 
 UPLOADED = [
     "README.md",
@@ -85,3 +86,71 @@ def test_push_missing_folder_fails_before_any_call(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_mtl.hub, "create_repo", lambda *args, **kwargs: pytest.fail("create_repo called"))
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         push_folder_to_hub(tmp_path / "missing", "user/mtl")
+
+
+# ---- the run's preflight of a push: offline mode, a token, a reachable Hub (all faked: tests stay offline) ----------
+@pytest.fixture
+def online(monkeypatch):
+    """As if HF_HUB_OFFLINE were unset (conftest sets it) and no token were saved; whoami must not be reached."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_mtl.hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_mtl.hub, "get_token", lambda: None)
+    monkeypatch.setattr(hf_mtl.hub, "whoami", lambda **kwargs: pytest.fail("whoami called"))
+
+
+def test_hub_preflight_refuses_offline_mode(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="push_to_hub: HF_HUB_OFFLINE is set"):
+        check_hub_access("hf_x")
+
+
+def test_hub_preflight_needs_a_token(online):
+    with pytest.raises(ConfigError, match="push_to_hub: no Hugging Face token"):
+        check_hub_access(None)
+
+
+def test_hub_preflight_names_an_unreachable_hub_and_a_rejected_token(online, monkeypatch):
+    def unreachable(**kwargs):
+        raise ConnectionError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(hf_mtl.hub, "whoami", unreachable)
+    with pytest.raises(ConfigError, match=r"cannot reach the Hugging Face Hub .*ConnectionError: \[Errno -3\]"):
+        check_hub_access("hf_x")
+
+    class Rejected(Exception):
+        response = type("Response", (), {"status_code": 401})()
+
+    def rejected(**kwargs):
+        raise Rejected("Invalid user token.")
+
+    monkeypatch.setattr(hf_mtl.hub, "whoami", rejected)
+    with pytest.raises(ConfigError, match="the Hugging Face token is not valid"):
+        check_hub_access("hf_x")
+
+
+def test_hub_preflight_passes_with_a_token_and_a_reachable_hub(online, monkeypatch):
+    asked = []
+    monkeypatch.setattr(hf_mtl.hub, "get_token", lambda: "hf_saved")
+    monkeypatch.setattr(hf_mtl.hub, "whoami", lambda token: asked.append(token) or {"name": "anna"})
+    assert check_hub_access(None) == "anna"
+    assert check_hub_access("hf_given") == "anna"
+    assert asked == ["hf_saved", "hf_given"]
+
+
+def test_a_run_with_push_to_hub_and_no_token_fails_in_the_preflight(online, monkeypatch, tmp_path, tokenizer):
+    from train_fixtures import joint_config, run_config, save_tiny_encoder, write_joint_data
+
+    from hf_mtl.train import parse_arguments, preflight
+
+    config = joint_config(save_tiny_encoder(tmp_path / "encoder", tokenizer), write_joint_data(tmp_path / "data"),
+                          tmp_path / "run", push_to_hub=True, hub_model_id="anna/mtl")
+    loaded = []
+    monkeypatch.setattr("hf_mtl.train.load_encoder_and_tokenizer", lambda *args: loaded.append(args))
+    with pytest.raises(ConfigError, match="push_to_hub: no Hugging Face token"):
+        run_config(config, tmp_path)
+    assert loaded == [] and not (tmp_path / "run").exists()  # nothing read, nothing written
+
+    monkeypatch.setattr(hf_mtl.hub, "get_token", lambda: "hf_saved")
+    monkeypatch.setattr(hf_mtl.hub, "whoami", lambda token: {"name": "anna"})
+    path = tmp_path / "run_config.json"
+    assert preflight(str(path), *parse_arguments([str(path)])).target == (tmp_path / "run").resolve()

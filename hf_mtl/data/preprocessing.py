@@ -80,7 +80,7 @@ def normalized_features(input_kind: str, has_pair: bool, tasks) -> datasets.Feat
 
 def normalize_split(dataset, tasks, wheres, *, dataset_name, split, tag_scheme="iob2", num_proc=None, locate=None):
     """Keep the input (`words` or `text`, and `words_pair` / `text_pair` for pairs) and one `<task>_gold` column
-    per task, checked and normalized by the task's kind (e.g. label strings, IOB2 tags, a float).
+    per task, checked and normalized by the task's kind (e.g. label strings, tags of the task's `tag_format`, a float).
 
     Ints become names (the column's `ClassLabel` names, else the task's explicit `labels`); a negative int or null
     means "no label" (Hub test splits use -1). `locate(index)` may name an example's file:line.

@@ -13,7 +13,7 @@ import datasets
 
 from ..errors import ConfigError, DataError
 from .specs import check_dataset_spec
-from ..tasks import bad_tag_message, is_bio_tag
+from ..tasks import tag_problem as bio_tag_problem
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ WORDS_TAGS = datasets.Features(
 WORDS_TAGS_LABEL = datasets.Features({**WORDS_TAGS, "label": datasets.Value("string")})
 
 
-def load_raw_dataset(name: str, spec: dict, base_dir=".") -> datasets.DatasetDict:
-    """Read the data set `name` declared by `spec` (one entry of the run config's `datasets` block)."""
+def load_raw_dataset(name: str, spec: dict, base_dir=".", tag_problem=bio_tag_problem) -> datasets.DatasetDict:
+    """Read the data set `name` declared by `spec` (one entry of the run config's `datasets` block); CoNLL and
+    JointBERT tags are checked by `tag_problem(tag) -> problem or None` as `file:line` (default: BIO tags)."""
     check_dataset_spec(name, spec)
     where = f"datasets.{name}"
     root = Path(base_dir)
@@ -73,12 +74,12 @@ def load_raw_dataset(name: str, spec: dict, base_dir=".") -> datasets.DatasetDic
             )
 
     if fmt == "jointbert":
-        dataset = read_jointbert({split: folder / names[0] for split, names in files.items()})
+        dataset = read_jointbert({split: folder / names[0] for split, names in files.items()}, tag_problem)
     else:
         paths = {split: resolve_files(folder, names, files_where) for split, names in files.items()}
         fmt = fmt or infer_format(paths, where)
         if fmt == "conll":
-            dataset = read_conll(paths)
+            dataset = read_conll(paths, tag_problem)
         else:
             dataset = read_with_builder(name, fmt, paths, spec.get("column_names"))
     logger.info("data set %r: %s", name, ", ".join(f"{split} {len(rows):,}" for split, rows in dataset.items()))
@@ -140,20 +141,25 @@ def infer_format(paths: dict[str, list[Path]], where: str) -> str:
 def iter_text_lines(path: Path):
     """Lines of a UTF-8 file without their line ends; a byte that is not UTF-8 is reported as `file:line`."""
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise DataError(
-                    f"{path}:{number}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})"
-                ) from None
+        yield from decode_text_lines(handle, path)
+
+
+def decode_text_lines(handle, name):
+    """Lines of a binary stream (a file, or standard input named `<stdin>`) decoded as UTF-8, as `iter_text_lines`."""
+    for number, raw in enumerate(handle, start=1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            raise DataError(
+                f"{name}:{number}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})"
+            ) from None
 
 
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def read_jointbert(folders: dict[str, Path]) -> datasets.DatasetDict:
+def read_jointbert(folders: dict[str, Path], tag_problem=bio_tag_problem) -> datasets.DatasetDict:
     """JointBERT folders: line i of `seq.in` (words), `seq.out` (one tag per word) and `label` is one example."""
     splits = {}
     for split, folder in folders.items():
@@ -177,8 +183,9 @@ def read_jointbert(folders: dict[str, Path]) -> datasets.DatasetDict:
                     f"{paths[0]}:{number} has {len(words)} words but {paths[1]}:{number} has {len(word_tags)} tags"
                 )
             for tag in word_tags:
-                if not is_bio_tag(tag):
-                    raise DataError(f"{paths[1]}:{number}: {bad_tag_message(tag)}")
+                problem = tag_problem(tag)
+                if problem:
+                    raise DataError(f"{paths[1]}:{number}: {problem}")
             tokens.append(words)
             tags.append(word_tags)
         splits[split] = datasets.Dataset.from_dict(
@@ -187,7 +194,7 @@ def read_jointbert(folders: dict[str, Path]) -> datasets.DatasetDict:
     return datasets.DatasetDict(splits)
 
 
-def scan_conll_file(path: Path) -> tuple[int, int]:
+def scan_conll_file(path: Path, tag_problem=bio_tag_problem) -> tuple[int, int]:
     """(columns per token line, sentences) of a CoNLL file, raising `file:line` for what the builder would hide.
 
     The `conll` builder pads a short line with "" and cuts a long one to `column_names`, and keeps no line numbers,
@@ -212,18 +219,19 @@ def scan_conll_file(path: Path) -> tuple[int, int]:
             columns, first_line = len(parts), number
         elif len(parts) != columns:
             raise DataError(f"{path}:{number}: {plural(len(parts), 'column')}, but line {first_line} has {columns}")
-        if not is_bio_tag(parts[-1]):
-            raise DataError(f"{path}:{number}: {bad_tag_message(parts[-1])}")
+        problem = tag_problem(parts[-1])
+        if problem:
+            raise DataError(f"{path}:{number}: {problem}")
         sentences += not in_sentence
         in_sentence = True
     return columns, sentences
 
 
-def read_conll(paths: dict[str, list[Path]]) -> datasets.DatasetDict:
+def read_conll(paths: dict[str, list[Path]], tag_problem=bio_tag_problem) -> datasets.DatasetDict:
     """CoNLL text via the packaged `conll` builder: word in the first column, tag in the last, the rest dropped."""
     splits = {}
     for split, files in paths.items():
-        scanned = {path: scan_conll_file(path) for path in files}
+        scanned = {path: scan_conll_file(path, tag_problem) for path in files}
         counts = {columns for columns, sentences in scanned.values() if sentences}
         if len(counts) > 1:
             raise DataError(

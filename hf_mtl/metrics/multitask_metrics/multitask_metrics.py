@@ -3,6 +3,11 @@ name is the kind.
 
 `"token_classification"`: seqeval in its default (conlleval-compatible) mode, as `run_ner.py` and JointBERT score
 NER: entity-level micro precision/recall/F1, per-entity-type scores, macro averages and tag accuracy.
+`"token_classification_bioes"`: the same scores from seqeval's strict mode with the IOBES scheme (an entity is
+`B-X I-X* E-X` or `S-X`; a malformed sequence is no entity).
+`"token_classification_plain"`: tags without prefixes (POS), each word scored as a class: tag accuracy, macro
+averages and per-tag scores as `"single_label_classification"` gives them; an empty predicted tag (a word with no
+prediction) is wrong and of no class.
 `"single_label_classification"`: accuracy, macro-averaged precision/recall/F1 and per-class scores.
 `"multi_label_classification"`: exact-set accuracy, micro- and macro-averaged precision/recall/F1 over labels and
 per-label scores (scikit-learn's definitions on the binarised label sets).
@@ -17,18 +22,22 @@ import evaluate
 import numpy as np
 from scipy import stats
 from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+from seqeval.metrics import v1 as seqeval_strict
 from seqeval.metrics.sequence_labeling import get_entities, precision_recall_fscore_support
+from seqeval.scheme import IOBES, Entities
 
 _DESCRIPTION = __doc__
 
 _KWARGS_DESCRIPTION = """
 Args:
     predictions: per example a label (single-label), a list of labels (multi-label), a number (regression) or a list
-        of IOB2 tags (token classification).
+        of word tags (token classification: IOB2, BIOES or plain tags).
     references: gold values shaped like `predictions`. Labels the model does not know are errors.
 Returns:
     `"token_classification"`: `overall_precision`, `overall_recall`, `overall_f1`, `overall_accuracy`,
-    `macro_precision`, `macro_recall`, `macro_f1`, and per entity type `{"precision", "recall", "f1", "number"}`.
+    `macro_precision`, `macro_recall`, `macro_f1`, and per entity type `{"precision", "recall", "f1", "number"}`;
+    `"token_classification_bioes"` the same keys.
+    `"token_classification_plain"`: the keys of `"single_label_classification"` over words (`accuracy`: tag accuracy).
     `"single_label_classification"`: `accuracy`, `macro_precision`, `macro_recall`, `macro_f1`, and `per_class`:
     label -> `{"precision", "recall", "f1", "number"}`.
     `"multi_label_classification"`: `accuracy` (exact set), `micro_precision`, `micro_recall`, `micro_f1`,
@@ -41,7 +50,11 @@ Examples:
     1.0
 """
 
-CONFIGS = ("single_label_classification", "multi_label_classification", "regression", "token_classification")
+CONFIGS = (
+    "single_label_classification", "multi_label_classification", "regression", "token_classification",
+    "token_classification_bioes", "token_classification_plain",
+)
+NO_TAG = ""  # the plain-tag prediction of a word the model gave no tag
 
 
 def _scores(precision, recall, f1, number):
@@ -70,6 +83,8 @@ class MultitaskMetrics(evaluate.Metric):
             "multi_label_classification": datasets.Sequence(datasets.Value("string")),
             "regression": datasets.Value("float64"),
             "token_classification": datasets.Sequence(datasets.Value("string")),
+            "token_classification_bioes": datasets.Sequence(datasets.Value("string")),
+            "token_classification_plain": datasets.Sequence(datasets.Value("string")),
         }[self.config_name]
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
@@ -85,6 +100,8 @@ class MultitaskMetrics(evaluate.Metric):
             "multi_label_classification": self._compute_multi_label,
             "regression": self._compute_regression,
             "token_classification": self._compute_seqeval,
+            "token_classification_bioes": self._compute_seqeval_bioes,
+            "token_classification_plain": self._compute_plain_tags,
         }[self.config_name]
         return compute(predictions, references)
 
@@ -111,11 +128,42 @@ class MultitaskMetrics(evaluate.Metric):
         )
         return results
 
+    def _compute_seqeval_bioes(self, predictions, references):
+        results = {}
+        strict = {"scheme": IOBES, "zero_division": 0}
+        entity_types = sorted(
+            Entities(references, IOBES).unique_tags | Entities(predictions, IOBES).unique_tags
+        )
+        if entity_types:
+            per_type = seqeval_strict.precision_recall_fscore_support(references, predictions, average=None, **strict)
+            results.update({name: _scores(*row) for name, *row in zip(entity_types, *per_type)})
+            macro = seqeval_strict.precision_recall_fscore_support(references, predictions, average="macro", **strict)
+        else:
+            macro = (0.0, 0.0, 0.0, 0)
+        micro = seqeval_strict.precision_recall_fscore_support(references, predictions, average="micro", **strict)
+        results.update(
+            {
+                "overall_precision": float(micro[0]) if entity_types else 0.0,
+                "overall_recall": float(micro[1]) if entity_types else 0.0,
+                "overall_f1": float(micro[2]) if entity_types else 0.0,
+                "overall_accuracy": float(accuracy_score(references, predictions)),
+                "macro_precision": float(macro[0]),
+                "macro_recall": float(macro[1]),
+                "macro_f1": float(macro[2]),
+            }
+        )
+        return results
+
+    def _compute_plain_tags(self, predictions, references):
+        gold = [tag for tags in references for tag in tags]
+        pred = [tag for tags in predictions for tag in tags]
+        return self._compute_classification(pred, gold)
+
     def _compute_classification(self, predictions, references):
         gold_counts, pred_counts = Counter(references), Counter(predictions)
         correct_counts = Counter(gold for gold, pred in zip(references, predictions) if gold == pred)
         per_class = {}
-        for label in sorted(gold_counts.keys() | pred_counts.keys()):
+        for label in sorted((gold_counts.keys() | pred_counts.keys()) - {NO_TAG}):
             precision = _ratio(correct_counts[label], pred_counts[label])
             recall = _ratio(correct_counts[label], gold_counts[label])
             per_class[label] = _scores(precision, recall, _f1(precision, recall), gold_counts[label])
