@@ -15,7 +15,7 @@ from . import __version__
 from .data.readers import decode_text_lines, iter_text_lines
 from .errors import ConfigError, DataError, HfMtlError, ModelError
 from .outputs import StagedOutput
-from .pipeline_mtl import DEFAULT_BATCH_SIZE, BackendNotInstalledError
+from .pipeline_mtl import DEFAULT_BATCH_SIZE, BackendNotInstalledError, cpu_has_native_bf16
 
 # Lines handed to the pipeline at once: large enough to sort by length, small enough for a lively progress bar.
 BLOCK_SIZE = 1024
@@ -215,8 +215,11 @@ def run_predict(args):
                 write_predictions(pipe, records, done, writer, options)
         except KeyboardInterrupt:
             raise Interrupted(partial.interrupted_message(len(records))) from None
-        except BaseException:
-            partial.remove()  # an error, not an interruption: resuming would meet it again
+        except BaseException as error:
+            # An error that resuming would meet again removes them; a failed write (a full disk) keeps them, to resume
+            # once there is room.
+            if not isinstance(error, OSError):
+                partial.remove()
             raise
         partial.finish(output.path)
 
@@ -433,7 +436,8 @@ def prediction_fingerprint(args) -> dict:
         "input-format": args.input_format,
         "model": model_identity(args.model),
         "tags": args.tags,
-        "bf16": args.bf16,
+        # The precision that runs, not the option: by default it follows the CPU (a resume on another machine differs).
+        "bf16": args.bf16 if args.bf16 is not None else (args.backend != "onnx" and cpu_has_native_bf16()),
         "backend": args.backend,
         "onnx-file": args.onnx_file,
     }

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .configuration_mtl import MultiTaskConfig, encoder_max_positions, task_kind
 from .errors import ModelError
+from .outputs import human_size
 from .tasks import tasks_of_config
 
 WEIGHT_FILES = ("model.safetensors", "model.onnx", "model_int8.onnx", "crf.safetensors")
@@ -192,14 +193,6 @@ def labels_text(labels) -> str:
     shown = ", ".join(labels[:SHOWN_LABELS])
     more = f", ... ({len(labels) - SHOWN_LABELS} more)" if len(labels) > SHOWN_LABELS else ""
     return f"{len(labels)} labels: {shown}{more}"
-
-
-def human_size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size} B"
 
 
 __all__ = ["folder_info", "render_info"]

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from huggingface_hub import constants, create_repo, get_token, upload_folder, whoami
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from .errors import ConfigError
 
@@ -59,8 +60,6 @@ def check_hub_access(token: str | None = None, where: str = "push_to_hub") -> st
         raise ConfigError(f"{where}: cannot reach the Hugging Face Hub ({constants.ENDPOINT}): "
                           f"{type(error).__name__}: {message}; check the network, or set push_to_hub false")
     return (answer.get("user") or {}).get("name", "")
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
-
 # Intermediate checkpoints and TensorBoard runs stay local; predictions may copy licensed test text and be large.
 IGNORE_PATTERNS = ["checkpoint-*/", "runs/", "*_predictions.jsonl"]
 

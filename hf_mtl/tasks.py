@@ -26,7 +26,7 @@ import datasets
 import numpy as np
 import torch
 
-from .configuration_mtl import PROBLEM_TYPES, TASK_TYPES, task_kind, validate_task
+from .configuration_mtl import PROBLEM_TYPES, TAG_FORMATS, TASK_TYPES, task_kind, validate_task
 from .errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
@@ -35,8 +35,6 @@ STRINGS = datasets.List(datasets.Value("string"))
 LIST_FEATURES = (datasets.List, datasets.Sequence, datasets.LargeList)
 BIO_TAG = re.compile(r"^(O|[BI]-\S+)$")
 BIOES_TAG = re.compile(r"^(O|[BIES]-\S+)$")
-# What a token task's tags are: IOB2 (the default), BIOES (B-, I-, E-, S-, O), or plain labels without prefixes (POS).
-TAG_FORMATS = ("BIO", "BIOES", "plain")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,9 +13,11 @@ import glob
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import transformers
@@ -255,20 +257,38 @@ def resolve_resume(value, output_dir):
     return value
 
 
-def remove_earlier_checkpoints(output_dir, keep=()) -> None:
+def set_aside_earlier_checkpoints(output_dir, keep=()):
     """
     A run that does not resume starts its own checkpoints: the `checkpoint-*` folders an earlier run left in
-    output_dir go, or a later `--resume_from_checkpoint true` would continue the earlier run, and Trainer's rotation
-    (`save_total_limit`) would weigh them against this run's. Folders this run reads (`keep`) stay.
+    output_dir move into the sibling folder `.<name>.hf_mtl-earlier-checkpoints` (returned; None when there were none),
+    or a later `--resume_from_checkpoint true` would continue the earlier run, and Trainer's rotation
+    (`save_total_limit`) would weigh them against this run's. Folders this run reads (`keep`) stay. `train` removes the
+    set-aside folder once this run has trained, and moves the checkpoints back if it fails before.
     """
     keep = {os.path.realpath(path) for path in keep}
     earlier = [folder for folder in checkpoint_folders(output_dir) if os.path.realpath(folder) not in keep]
     if not earlier:
-        return
-    logger.warning(f"output_dir {output_dir}: removing {len(earlier)} checkpoint(s) of an earlier run, which this run "
-                   f"does not resume ({', '.join(sorted(map(os.path.basename, earlier)))})")
+        return None
+    target = Path(output_dir).resolve()
+    aside = target.parent / f".{target.name}.hf_mtl-earlier-checkpoints"
+    aside.mkdir(exist_ok=True)
+    logger.warning(f"output_dir {output_dir}: {len(earlier)} checkpoint(s) of an earlier run, which this run does not "
+                   f"resume ({', '.join(sorted(map(os.path.basename, earlier)))}), moved to {aside}; removed once this "
+                   "run has trained")
     for folder in earlier:
-        shutil.rmtree(folder)
+        os.replace(folder, aside / os.path.basename(folder))
+    return aside
+
+
+def restore_earlier_checkpoints(aside, output_dir) -> None:
+    """Move set-aside checkpoints back into output_dir (those whose name this run has not taken), after a failure."""
+    for folder in sorted(aside.iterdir()):
+        if not os.path.exists(os.path.join(output_dir, folder.name)):
+            os.replace(folder, os.path.join(output_dir, folder.name))
+    if not any(aside.iterdir()):
+        aside.rmdir()
+    else:
+        logger.warning(f"{aside}: earlier checkpoints whose names this run's checkpoints took are kept here")
 
 
 def trained_config(model_path: str):
@@ -362,7 +382,7 @@ def main(argv=None):
             metrics = {}
             if training_args.do_train:
                 metrics["train"] = train(trainer, training_args, data_args, train_dataset, train_mixture,
-                                         config_path=argv[0], keep=[model_path])
+                                         resume_argv=argv, keep=[model_path])
             decoded = {}
             for split, dataset, wanted in (("eval", eval_dataset, training_args.do_eval),
                                            ("test", test_dataset, training_args.do_predict)):
@@ -570,41 +590,61 @@ def build_trainer(model, training_args, data_args, tokenizer, tasks, train_datas
     return trainer, push_to_hub, hub_model_id
 
 
-def train(trainer, training_args, data_args, train_dataset, train_mixture, config_path="CONFIG.json", keep=()) -> dict:
+def train(trainer, training_args, data_args, train_dataset, train_mixture, resume_argv=("CONFIG.json",), keep=()) -> dict:
     """
     Trains, resuming when asked from a checkpoint of the same training (`check_resume_matches`); a run that does not
-    resume first removes an earlier run's checkpoints from output_dir. SIGINT / SIGTERM end the current step, save a
-    checkpoint and raise `TrainingInterrupted` with the command that resumes.
+    resume first sets an earlier run's checkpoints aside (`set_aside_earlier_checkpoints`). SIGINT / SIGTERM end the
+    current step, save a checkpoint and raise `TrainingInterrupted` with the command that resumes (`resume_argv`: the
+    run's own config path and command-line options).
     """
     checkpoint = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if checkpoint is not None:
         check_resume_matches(checkpoint, trainer.model.config, training_args, data_args)
         logger.info(f"resuming from {checkpoint}")
-    elif training_args.should_save:
-        remove_earlier_checkpoints(training_args.output_dir, keep=keep)
+    aside = None
+    if checkpoint is None and training_args.should_save:
+        aside = set_aside_earlier_checkpoints(training_args.output_dir, keep=keep)
     trainer.run_record = run_record(training_args, data_args)
     interrupt = InterruptCallback()
     trainer.add_callback(interrupt)
     interrupt.install()
     try:
         metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
+    except BaseException:
+        if aside is not None:
+            restore_earlier_checkpoints(aside, training_args.output_dir)
+        raise
     finally:
         interrupt.restore()
         trainer.remove_callback(interrupt)
+    if aside is not None:
+        shutil.rmtree(aside)
+    if interrupt.requested and interrupt.interrupted_at is None:  # a signal during the last evaluation or save
+        interrupt.interrupted_at = trainer.state.global_step
     if interrupt.interrupted_at is not None:
-        raise interrupted_error(interrupt.interrupted_at, training_args.output_dir, config_path)
+        raise interrupted_error(interrupt.interrupted_at, training_args.output_dir, resume_argv)
     metrics["train_samples"] = train_mixture.rows_per_epoch if train_mixture is not None else len(train_dataset)
     trainer.log_metrics("train", metrics)
     return metrics
 
 
-def interrupted_error(step, output_dir, config_path) -> TrainingInterrupted:
+def interrupted_error(step, output_dir, argv) -> TrainingInterrupted:
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     folder = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
     saved = f"checkpoint saved in {folder}" if os.path.isdir(folder) else f"no checkpoint could be saved in {folder}"
+    # The run's own options, or the resume would be refused as a changed run; an earlier resume option is replaced.
+    options, index = [], 0
+    while index < len(argv):
+        if argv[index] == "--resume_from_checkpoint":
+            index += 2
+            continue
+        if not argv[index].startswith("--resume_from_checkpoint="):
+            options.append(argv[index])
+        index += 1
     return TrainingInterrupted(
-        f"interrupted at step {step}; {saved}; resume with: {command_name()} {config_path} --resume_from_checkpoint true"
+        f"interrupted at step {step}; {saved}; resume with: {command_name()} {shlex.join(options)} "
+        "--resume_from_checkpoint true"
     )
 
 

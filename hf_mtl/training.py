@@ -18,6 +18,7 @@ from .configuration_mtl import MultiTaskConfig
 from .data.sampling import MixtureSampler
 from .errors import ConfigError, HfMtlError, ModelError, TrainingError
 from .loading import check_weights_file
+from .modeling_mtl import weights_files
 from .outputs import disk_full_error, human_size, is_disk_full, tree_size
 from .pipeline_mtl import cpu_has_native_bf16
 from .scale import ScaleTrainerMixin  # FSDP / DeepSpeed glue and LoRA saving (issue 18)
@@ -349,7 +350,7 @@ RESUME_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.p
 
 def check_checkpoint(folder: str) -> None:
     """Raise (any exception) unless every file Trainer reads to resume from `folder` is intact: trainer_state.json,
-    the weights (model.safetensors, or FSDP shards whose save finished) and the optimizer, scheduler, scaler and RNG
+    the weights (model.safetensors or its shards, or FSDP shards whose save finished) and the optimizer, scheduler, scaler and RNG
     states."""
     from accelerate.utils.constants import FSDP_MODEL_NAME
 
@@ -360,7 +361,11 @@ def check_checkpoint(folder: str) -> None:
         if not os.path.isfile(os.path.join(shards, ".metadata")):  # written last, when every shard is in
             raise FileNotFoundError(f"{shards} has no .metadata: the sharded save did not finish")
     else:
-        check_weights_file(os.path.join(folder, "model.safetensors"))
+        files = weights_files(folder)  # model.safetensors, or the shards of a large model's index
+        if not files:
+            raise FileNotFoundError(f"{folder} holds no model.safetensors")
+        for path in files:
+            check_weights_file(path)
     for pattern in RESUME_STATE_FILES:
         for path in sorted(glob.glob(os.path.join(glob.escape(folder), pattern))):
             check_torch_file(path)

@@ -140,5 +140,5 @@ def test_info_names_crf_lora_and_onnx_files(capsys, trained, tmp_path):
     assert status == 0, err
     assert out.startswith(f"{folder}: hf_mtl model (ONNX export)")
     assert "  ner    token_classification + CRF: 7 labels" in out
-    assert "files:      model.onnx (" in out and " MB), lora_adapter, tokenizer\n" in out
+    assert "files:      model.onnx (" in out and " MiB), lora_adapter, tokenizer\n" in out
     assert "metrics:    none recorded" in out and "parameters:" not in out

@@ -63,10 +63,29 @@ def test_a_new_run_replaces_the_earlier_runs_checkpoints(run_copy, tmp_path, enc
     config = checkpoint_config(encoder_dir, data_dir, run_copy, max_steps=3, save_steps=3, learning_rate=2e-3, seed=11)
     with caplog.at_level(logging.WARNING, logger="hf_mtl"):
         run_config(config, tmp_path)
-    assert "removing 2 checkpoint(s) of an earlier run" in caplog.text
+    assert "2 checkpoint(s) of an earlier run, which this run does not resume" in caplog.text
     assert checkpoints(run_copy) == ["checkpoint-3"]
+    assert not (tmp_path / ".run.hf_mtl-earlier-checkpoints").exists()  # removed once the run trained
     assert record(run_copy / "checkpoint-3")["training"]["learning_rate"] == 2e-3
     assert resolve_resume(True, str(run_copy)) == str(run_copy / "checkpoint-3")
+
+
+def test_a_new_run_that_fails_gives_the_earlier_runs_checkpoints_back(run_copy, tmp_path, encoder_dir, data_dir,
+                                                                     monkeypatch):
+    from transformers import Trainer
+
+    from hf_mtl.errors import HfMtlError
+
+    def fail(self, *args, **kwargs):
+        assert checkpoints(run_copy) == []  # set aside while this run trains
+        raise HfMtlError("training failed")
+
+    monkeypatch.setattr(Trainer, "train", fail)
+    config = checkpoint_config(encoder_dir, data_dir, run_copy, max_steps=3, save_steps=3, learning_rate=2e-3, seed=11)
+    with pytest.raises(HfMtlError, match="training failed"):
+        run_config(config, tmp_path)
+    assert checkpoints(run_copy) == ["checkpoint-2", "checkpoint-4"]
+    assert not (tmp_path / ".run.hf_mtl-earlier-checkpoints").exists()
 
 
 def test_an_unchanged_resume_from_json_true_works_and_names_its_checkpoint(run_copy, tmp_path, encoder_dir, data_dir,
@@ -197,17 +216,19 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, encoder_di
     (tmp_path / "harness.py").write_text(SIGNALLED_RUN)
     output = tmp_path / "run"
     config_path = write_config(tmp_path, "run", checkpoint_config(encoder_dir, data_dir, output, save_strategy="no"))
-    stopped = run_process([sys.executable, str(tmp_path / "harness.py"), config_path], {"SIGNAL": signal_name})
+    # A command-line option of the run is part of the resume command, or the resume would be refused as a change.
+    stopped = run_process([sys.executable, str(tmp_path / "harness.py"), config_path, "--learning_rate", "0.002"],
+                          {"SIGNAL": signal_name})
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     errors = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: interrupted at step 1; checkpoint saved in {output / 'checkpoint-1'}; resume with: "
-                      f"hf-mtl train {config_path} --resume_from_checkpoint true"]
+                      f"hf-mtl train {config_path} --learning_rate 0.002 --resume_from_checkpoint true"]
     assert "Traceback" not in stopped.stderr + stopped.stdout
     check_checkpoint(str(output / "checkpoint-1"))
     assert not (output / "model.safetensors").exists()
     if signal_name == "SIGINT":
         return
-    resumed = run_process([sys.executable, "run_mtl.py", config_path, "--resume_from_checkpoint", "true"])
+    resumed = run_process([sys.executable, "run_mtl.py", *errors[0].split("resume with: hf-mtl train ")[1].split()])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {output / 'checkpoint-1'}" in resumed.stdout + resumed.stderr
     assert json.loads((output / "trainer_state.json").read_text())["global_step"] == 4
