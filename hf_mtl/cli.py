@@ -215,11 +215,8 @@ def run_predict(args):
                 write_predictions(pipe, records, done, writer, options)
         except KeyboardInterrupt:
             raise Interrupted(partial.interrupted_message(len(records))) from None
-        except BaseException as error:
-            # An error that resuming would meet again removes them; a failed write (a full disk) keeps them, to resume
-            # once there is room.
-            if not isinstance(error, OSError):
-                partial.remove()
+        except BaseException:
+            partial.remove()  # an error, not an interruption: nothing half-written stays (a full disk included)
             raise
         partial.finish(output.path)
 

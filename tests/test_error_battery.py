@@ -25,6 +25,7 @@ from train_fixtures import joint_config, run_config, save_tiny_encoder, write_jo
 
 from hf_mtl import cli
 from hf_mtl.outputs import sibling_path
+from hf_mtl.pipeline_mtl import cpu_has_native_bf16
 from hf_mtl.train import cli_main
 
 
@@ -871,7 +872,7 @@ def case_predict_resume_after_the_input_changed(b, tmp):
     source, output = text_input(tmp), tmp / "predictions.jsonl"
     (tmp / ".predictions.jsonl.hf_mtl-partial").write_text('{"text": "anna visited paris"}\n', encoding="utf-8")
     record = {"input": {"path": str(source), "size": 1, "mtime_ns": 1}, "input-format": None, "tags": False,
-              "bf16": None, "backend": "torch", "onnx-file": None}
+              "bf16": cpu_has_native_bf16(), "backend": "torch", "onnx-file": None}  # only the input differs
     record["model"] = cli.model_identity(str(b["previous"]))
     (tmp / ".predictions.jsonl.hf_mtl-partial.json").write_text(json.dumps(record), encoding="utf-8")
     return cli_command("predict", "--model", b["previous"], "--input", source, "--output", output, "--resume"), [
