@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_encoder_config
+from transformers import AutoModel
 
 from hf_mtl import MultiTaskModel
 from hf_mtl.pipeline_mtl import add_pipeline_to_folder
@@ -126,3 +128,16 @@ def assert_same_predictions(results, expected, score_tolerance=1e-3):
                 )
             else:
                 assert result[key] == value
+
+
+def build_scaled_tiny_model(folder: Path, tokenizer, tasks, model_type="bert", pooling="mean") -> Path:
+    """A tiny random encoder with heads scaled up, so that predictions vary and are not near-ties: `folder/model`."""
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_encoder_config(model_type)).save_pretrained(folder / "encoder")
+    model = MultiTaskModel.from_encoder(str(folder / "encoder"), tasks=tasks, pooling=pooling)
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.classifier.weight.normal_(std=2.0)
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    return folder / "model"

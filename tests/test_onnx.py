@@ -6,8 +6,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_encoder_config
-from pipeline_helpers import SENTENCES, assert_same_predictions, model_dir, pipe, raw_text, read_jsonl  # noqa: F401
+from pipeline_helpers import (  # noqa: F401 (model_dir, pipe: fixtures)
+    SENTENCES, assert_same_predictions, build_scaled_tiny_model, model_dir, pipe, raw_text, read_jsonl,
+)
 from transformers import AutoModel
 
 from hf_mtl import MultiTaskModel, MultiTaskPipeline, cli
@@ -30,16 +31,7 @@ LONG_TEXT = " ".join(f"word{index} in Berlin," for index in range(60))
 
 
 def build_model(folder, tokenizer, model_type="bert", pooling="mean", tasks=TASKS):
-    """A tiny random encoder with heads scaled up, so that predictions vary and are not near-ties."""
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_encoder_config(model_type)).save_pretrained(folder / "encoder")
-    model = MultiTaskModel.from_encoder(str(folder / "encoder"), tasks=tasks, pooling=pooling)
-    with torch.no_grad():
-        for head in model.heads.values():
-            head.classifier.weight.normal_(std=2.0)
-    model.save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
-    return folder / "model"
+    return build_scaled_tiny_model(folder, tokenizer, tasks, model_type=model_type, pooling=pooling)
 
 
 @pytest.fixture(scope="module")

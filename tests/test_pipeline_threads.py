@@ -4,12 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
-from conftest import tiny_encoder_config
-from pipeline_helpers import SENTENCES, assert_same_predictions, raw_text
-from transformers import AutoModel
+from pipeline_helpers import SENTENCES, assert_same_predictions, build_scaled_tiny_model, raw_text
 
-from hf_mtl import MultiTaskModel, MultiTaskPipeline, cli
+from hf_mtl import MultiTaskPipeline, cli
 
 TASKS = [
     {"name": "topic", "type": "sequence_classification", "labels": ["business", "politics", "other"]},
@@ -35,17 +32,7 @@ JOBS = [
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory, tokenizer):
-    """A tiny random encoder with heads scaled up, so that predictions vary and are not near-ties."""
-    folder = tmp_path_factory.mktemp("threads")
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_encoder_config("bert")).save_pretrained(folder / "encoder")
-    model = MultiTaskModel.from_encoder(str(folder / "encoder"), tasks=TASKS)
-    with torch.no_grad():
-        for head in model.heads.values():
-            head.classifier.weight.normal_(std=2.0)
-    model.save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
-    return folder / "model"
+    return build_scaled_tiny_model(tmp_path_factory.mktemp("threads"), tokenizer, TASKS)
 
 
 def assert_same_result(result, expected):
