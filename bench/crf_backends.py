@@ -27,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import cpu_name, environment, replace_section  # bench/ is on sys.path when a script of it runs
-from speed import SNIPS, read_snips
+from benchlib import SNIPS, cpu_name, environment, read_snips, replace_section  # bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -1,4 +1,4 @@
-"""Memory at scale (issue 18): peak RSS per training process for MiniLM and a randomly initialised encoder of
+"""Memory at scale: peak RSS per training process for MiniLM and a randomly initialised encoder of
 BERT-large shape, under one process, DDP, FSDP and LoRA, and how it grows with batch size and sequence length.
 
     python bench/memory.py --list                 # the cases
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import cpu_name, environment, replace_section  # bench/benchlib.py: a script's folder is on sys.path
+from benchlib import bf16_tag, cpu_name, environment, replace_section  # bench/benchlib.py: a script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "memory.json"
@@ -172,7 +172,8 @@ def table_markdown(results: dict) -> str:
     lines = []
     if environment_line:
         env = environment_line
-        lines.append(f"Machine: {cpu_name(env)}, {env['cpu_count']} CPU cores, Python {env['python']}, torch {env['torch']}, "
+        lines.append(f"Machine: {cpu_name(env)}, {env['cpu_count']} CPU cores, {bf16_tag(env)}, torch threads "
+                     f"{env['torch_threads']}; Python {env['python']}, torch {env['torch']}, "
                      f"transformers {env['transformers']}. float32, AdamW, {STEPS} optimizer steps, evaluation and "
                      "checkpoints off. RSS at training start: the model built and the data prepared; peak: the "
                      "process's maximum (getrusage) when training ends, before the final save; one figure per "

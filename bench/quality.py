@@ -1,4 +1,4 @@
-"""Quality benchmark of hf_mtl (issue 6): one command per row, results kept as JSON, a table for BENCHMARKS.md.
+"""Quality benchmark of hf_mtl: one command per row, results kept as JSON, a table for BENCHMARKS.md.
 
     python bench/quality.py --list                      # the rows, and which have results
     python bench/quality.py --threads 2 --row snips_recipe_seed1   # run one row (skipped when its result exists;
@@ -59,7 +59,7 @@ def recipe(name: str) -> dict:
 
 
 def snips_recipe() -> dict:
-    """The SNIPS recipe the dev search chose (issue 15)."""
+    """The SNIPS recipe the dev search chose: recipe v1 with 12 epochs and CRF slots."""
     return recipe("snips_minilm")
 
 
@@ -90,6 +90,20 @@ def pairs_with_snips() -> dict:
     return config
 
 
+def sts_biencoder_recipe() -> dict:
+    """STS 2015 as a `sentence_similarity` task (a bi-encoder, CoSENT): the embedding itself trains."""
+    return recipe("sts_biencoder_minilm")
+
+
+def snips_with_sts_biencoder() -> dict:
+    """The SNIPS recipe with the STS bi-encoder task mixed in (temperature T=2): what heads cost the embedding."""
+    config, sts = snips_recipe(), sts_biencoder_recipe()
+    config["datasets"] = {**config["datasets"], **sts["datasets"]}
+    config["tasks"] = config["tasks"] + sts["tasks"]
+    config.update(task_sampling="temperature", sampling_temperature=2.0)
+    return config
+
+
 def only_tasks(config: dict, names, keep_crf=True) -> dict:
     config = copy.deepcopy(config)
     config["tasks"] = [task for task in config["tasks"] if task["name"] in names]
@@ -102,6 +116,13 @@ def only_tasks(config: dict, names, keep_crf=True) -> dict:
     return config
 
 
+def with_task(config: dict, name: str, **keys) -> dict:
+    """`config` with keys set in the task block `name`."""
+    config = copy.deepcopy(config)
+    config["tasks"] = [dict(task, **keys) if task["name"] == name else task for task in config["tasks"]]
+    return config
+
+
 def with_keys(config: dict, **keys) -> dict:
     config = copy.deepcopy(config)
     config.update(keys)
@@ -109,12 +130,20 @@ def with_keys(config: dict, **keys) -> dict:
 
 
 def build_rows() -> dict:
-    """Row name -> {setting, kind, describe, config() (hf_mtl rows) / task (stock rows)}."""
+    """Row name -> {setting, kind, describe, config() (hf_mtl rows) / task (stock rows)}, in the tables' order."""
     rows = {}
 
     def add(name, setting, kind, describe, **spec):
         rows[name] = dict(name=name, setting=setting, kind=kind, describe=describe, **spec)
 
+    for add_setting in (add_snips_rows, add_snips_lora_rows, add_snips_dev_rows, add_conll_ag_rows,
+                        add_pairs_and_mixsnips_rows, add_embedding_rows):
+        add_setting(add)
+    return rows
+
+
+def add_snips_rows(add) -> None:
+    """SNIPS on test: the recipe's joint, single-task and stock rows at 3 seeds, and recipe v1's."""
     for seed in (1, 2, 3):
         add(f"snips_recipe_seed{seed}", "snips", "mtl",
             f"hf_mtl joint intent + slots (recipe: 12 epochs, CRF slots), seed {seed}",
@@ -144,7 +173,10 @@ def build_rows() -> dict:
         config=lambda: with_keys(only_tasks(snips_recipe_v1(), {"slots"}), seed=1), seed=1)
     add("snips_mtl_frozen", "snips", "mtl", "hf_mtl joint, encoder frozen (heads only), seed 1",
         config=lambda: with_keys(snips_recipe_v1(), seed=1, freeze_encoder=True), seed=1)
-    # LoRA vs full fine-tuning (issue 18): run the three in one sitting, so step time and peak memory compare
+
+
+def add_snips_lora_rows(add) -> None:
+    """LoRA vs full fine-tuning: run the three in one sitting, so step time and peak memory compare."""
     add("snips_full_ft", "snips_lora", "mtl", "hf_mtl joint, full fine-tuning (recipe v1), seed 1",
         config=lambda: with_keys(snips_recipe_v1(), seed=1), seed=1)
     for rank in (8, 16):
@@ -153,8 +185,10 @@ def build_rows() -> dict:
             config=lambda rank=rank: with_keys(snips_recipe_v1(), seed=1, lora={"r": rank, "alpha": 2 * rank},
                                                encoder_learning_rate=5e-4), seed=1)
 
-    # The slot-filling recipe search (issue 15), from recipe v1: dev metrics only (the best epoch on dev); never
-    # chosen on test.
+
+def add_snips_dev_rows(add) -> None:
+    """The slot-filling recipe search from recipe v1: dev metrics only (the best epoch on dev), never test."""
+
     def snips_variant(epochs=6, crf=False, bio_constraints=True, **keys):
         config = with_keys(snips_recipe_v1(), seed=1, num_train_epochs=epochs, **keys)
         for task in config["tasks"]:
@@ -181,6 +215,9 @@ def build_rows() -> dict:
         add(name, "snips_dev", "mtl", f"dev search: {describe}, seed 1",
             config=lambda options=options: snips_variant(**options), seed=1)
 
+
+def add_conll_ag_rows(add) -> None:
+    """CoNLL-2003 NER + AG News topic: sampling and loss settings of the joint model, each task alone, frozen."""
     add("conll_ag_mtl_proportional", "conll_ag", "mtl", "hf_mtl NER + topic, task_sampling proportional, seed 1",
         config=lambda: with_keys(conll_ag_recipe(), task_sampling="proportional"), seed=1)
     add("conll_ag_mtl_temperature", "conll_ag", "mtl", "hf_mtl NER + topic, task_sampling temperature (T=2), seed 1",
@@ -197,7 +234,7 @@ def build_rows() -> dict:
         "hf_mtl NER + topic, temperature (T=2), topic loss weight 0.5, seed 1",
         config=lambda: with_keys(conll_ag_recipe(), task_sampling="temperature", sampling_temperature=2.0,
                                  loss_weights={"topic": 0.5}), seed=1)
-    for seed in (2, 3):  # seed 1 is the row without a suffix; the joint setting dev chose (issue 15)
+    for seed in (2, 3):  # seed 1 is the row without a suffix; the joint setting dev chose
         add(f"conll_ag_mtl_topic_w05_seed{seed}", "conll_ag", "mtl",
             f"hf_mtl NER + topic, temperature (T=2), topic loss weight 0.5, seed {seed}",
             config=lambda seed=seed: with_keys(conll_ag_recipe(), task_sampling="temperature", sampling_temperature=2.0,
@@ -214,6 +251,9 @@ def build_rows() -> dict:
     add("conll_ag_mtl_frozen", "conll_ag", "mtl", "hf_mtl NER + topic (proportional), encoder frozen, seed 1",
         config=lambda: with_keys(conll_ag_recipe(), task_sampling="proportional", freeze_encoder=True), seed=1)
 
+
+def add_pairs_and_mixsnips_rows(add) -> None:
+    """Sentence pairs (MRPC, STS) alone and mixed with SNIPS; MixSNIPS joint and each task alone."""
     add("mrpc_only", "pairs", "mtl", "hf_mtl, MRPC paraphrase pairs alone, seed 1",
         config=lambda: only_tasks(pairs_recipe(), {"paraphrase"}), seed=1)
     add("sts_only", "pairs", "mtl", "hf_mtl, STS 2015 similarity regression alone, seed 1",
@@ -232,7 +272,22 @@ def build_rows() -> dict:
         config=lambda: only_tasks(mixsnips_recipe(), {"intents"}), seed=1)
     add("mixsnips_slots_only", "mixsnips", "mtl", "hf_mtl, MixSNIPS slots alone, seed 1",
         config=lambda: only_tasks(mixsnips_recipe(), {"slots"}), seed=1)
-    return rows
+
+
+def add_embedding_rows(add) -> None:
+    """The embedding trained as a bi-encoder on STS (3 seeds), and what the SNIPS heads cost it with and without it."""
+    for seed in (1, 2, 3):
+        add(f"sts_biencoder_seed{seed}", "embeddings", "mtl",
+            f"hf_mtl STS 2015 `sentence_similarity` (bi-encoder, CoSENT, 4 epochs), seed {seed}",
+            config=lambda seed=seed: with_keys(sts_biencoder_recipe(), seed=seed), seed=seed)
+    # Two variants on the validation split (STS 2015 has no test split): the loss, and a higher learning rate.
+    add("sts_biencoder_cosine_mse", "embeddings", "mtl", "the same with loss cosine_mse, seed 1",
+        config=lambda: with_keys(with_task(sts_biencoder_recipe(), "similarity", loss="cosine_mse"), seed=1), seed=1)
+    add("sts_biencoder_lr5e5", "embeddings", "mtl", "the same (CoSENT) at learning rate 5e-5, seed 1",
+        config=lambda: with_keys(sts_biencoder_recipe(), seed=1, learning_rate=5e-5, head_learning_rate=5e-5), seed=1)
+    add("snips_recipe_sts_biencoder", "embeddings", "mtl",
+        "hf_mtl SNIPS recipe (intent + CRF slots) + STS bi-encoder in one model (temperature T=2), seed 1",
+        config=lambda: with_keys(snips_with_sts_biencoder(), seed=1), seed=1)
 
 
 ROWS = build_rows()
@@ -344,6 +399,38 @@ def zero_shot_pearson(config: dict) -> float:
     return float(stats.pearsonr(cosines, np.asarray(rows["score"], dtype=np.float64))[0])
 
 
+def embedding_sts_scores(model_dir) -> dict:
+    """Pearson and Spearman of the cosine of a trained model's `embed()` with the STS 2015 validation scores: what its
+    training did to the sentence embedding (the untouched encoder scores `zero_shot_similarity_pearson`)."""
+    import numpy as np
+    from scipy import stats
+
+    sys.path.insert(0, str(ROOT))
+    from hf_mtl import MultiTaskPipeline
+    from hf_mtl.data import load_raw_dataset
+
+    spec = localize(sts_biencoder_recipe())["datasets"]["sts"]
+    rows = load_raw_dataset("sts", spec)["validation"]
+    pipe = MultiTaskPipeline(str(model_dir), bf16=False)
+    first, second = pipe.embed(rows["sentence1"], normalize=True), pipe.embed(rows["sentence2"], normalize=True)
+    cosines, scores = (first * second).sum(axis=1), np.asarray(rows["score"], dtype=np.float64)
+    return {"embedding_sts_pearson": float(stats.pearsonr(cosines, scores)[0]),
+            "embedding_sts_spearman": float(stats.spearmanr(cosines, scores)[0])}
+
+
+def write_embedding_scores(row: str, model_dir: Path, results_dir: Path) -> Path:
+    """`embedding_sts_scores` of a model an earlier row trained, beside the untouched encoder's zero-shot Pearson."""
+    metrics = {**embedding_sts_scores(model_dir),
+               "zero_shot_similarity_pearson": zero_shot_pearson(localize(pairs_recipe()))}
+    result = dict(row=row, model_dir=str(model_dir), metrics=metrics, environment=environment(),
+                  started_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  command=f"python bench/quality.py --embedding-of {row}={model_dir}")
+    path = results_dir / f"embedding_{row}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(metrics, indent=2))
+    return path
+
+
 def row_config(row: dict, model=None) -> dict:
     config = localize(row["config"]())
     if model is not None:  # --model: another encoder (the CI smoke test uses a tiny random one)
@@ -378,6 +465,8 @@ def run_mtl_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
         metrics.update(positive_class_f1(run_dir / "test_predictions.jsonl", "paraphrase", "1"))
     if any(task["name"] == "similarity" for task in config["tasks"]):
         metrics["zero_shot_similarity_pearson"] = zero_shot_pearson(config)
+    if row["setting"] == "embeddings":
+        metrics.update(embedding_sts_scores(run_dir))
     state = read_json(run_dir / "trainer_state.json")
     evaluations = [entry for entry in state.get("log_history", []) if "eval_score" in entry]
     best_dev = max(evaluations, key=lambda entry: entry["eval_score"]) if evaluations else {}
@@ -408,93 +497,23 @@ def run_mtl_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
 def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     """A stock single-task model trained by `transformers.Trainer`, with the recipe's data and training arguments."""
     import numpy as np
-    from torch.utils.data import SequentialSampler
-    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
-                              AutoTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
-                              set_seed)
 
     sys.path.insert(0, str(ROOT))
-    from hf_mtl.data import prepare_datasets
-    from hf_mtl.evaluation import compute_metrics_from_decoded, decode_predictions
+    from hf_mtl.evaluation import decode_predictions
     from hf_mtl.reports import write_predictions_jsonl
-    from hf_mtl.train import parse_arguments, resolve_model_path
-    from hf_mtl.training import fall_back_from_emulated_bf16
 
-    config = row_config(row, model)
-    config["output_dir"] = str(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir.parent / f"{run_dir.name}.config.json"
-    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    model_args, data_args, args = parse_arguments([str(config_path), *extra_args])
-    fall_back_from_emulated_bf16(args)  # the same precision as the hf_mtl rows on this machine
-    (task_dict,) = data_args.tasks
-    token_task = task_dict["type"] == "token_classification"
-    set_seed(args.seed)
-    model_path = resolve_model_path(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    data = prepare_datasets(
-        data_args.datasets, data_args.tasks, tokenizer, max_seq_length=data_args.max_seq_length,
-        label_all_tokens=data_args.label_all_tokens, seed=args.seed,
-        validation_split_percentage=data_args.validation_split_percentage,
-    )
-    (task,) = data.tasks
-    labels = list(task.labels)
-
-    def limit(dataset, count):
-        return dataset.select(range(min(count, len(dataset)))) if count is not None else dataset
-
-    train = limit(data.train, data_args.max_train_samples)
-    validation = limit(data.validation, data_args.max_eval_samples)
-    test = limit(data.test, data_args.max_eval_samples)
-    label_column = f"{task.name}_labels"
-    keep = {"input_ids", "attention_mask", "token_type_ids", "labels"}
-
-    def model_rows(dataset):
-        dataset = dataset.rename_column(label_column, "labels")
-        return dataset.remove_columns([c for c in dataset.column_names if c not in keep])
-
-    encoder_config = AutoConfig.from_pretrained(
-        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
-    auto = AutoModelForTokenClassification if token_task else AutoModelForSequenceClassification
-    model = auto.from_pretrained(model_path, config=encoder_config)
-    collator = (DataCollatorForTokenClassification(tokenizer) if token_task
-                else DataCollatorWithPadding(tokenizer))
-    rows_of = {"validation": validation, "test": test}
-
-    def metrics_for(split):
-        def compute(prediction):
-            logits = prediction.predictions
-            ids = np.argmax(logits, axis=-1)
-            decoded = decode_predictions([task], {task.name: ids}, rows_of[split])
-            return compute_metrics_from_decoded([task], decoded)
-        return compute
-
-    args.label_names = ["labels"]
-    args.remove_unused_columns = True
-    if args.metric_for_best_model in ("eval_score", "score"):
-        args.metric_for_best_model = "eval_score"  # compute_metrics_from_decoded gives `score` for one task too
-    class InOrderEvalTrainer(Trainer):
-        # transformers 5 also length-groups (and shuffles) evaluation batches under `group_by_length`; the word-level
-        # scoring below pairs predictions with rows by position, so evaluation reads the rows in order. Training is
-        # untouched: this is the one change to stock Trainer (hf_mtl's MultiTaskTrainer does the same).
-        def _get_eval_sampler(self, eval_dataset):
-            return SequentialSampler(eval_dataset)
-
-    trainer = InOrderEvalTrainer(model=model, args=args, train_dataset=model_rows(train),
-                                 eval_dataset=model_rows(validation), processing_class=tokenizer,
-                                 data_collator=collator, compute_metrics=metrics_for("validation"))
+    config, args, task, token_task, splits, tokenizer, model_path = stock_row_inputs(row, run_dir, extra_args, model)
+    trainer = stock_trainer(args, task, token_task, splits, tokenizer, model_path)
     train_result = trainer.train()
     trainer.save_model()
     results = {}
     for split, prefix in (("validation", "eval"), ("test", "test")):
-        trainer.compute_metrics = metrics_for(split)
-        prediction = trainer.predict(model_rows(rows_of[split]), metric_key_prefix=prefix)
+        trainer.compute_metrics = stock_metrics(task, splits[split])
+        prediction = trainer.predict(stock_model_rows(splits[split], task), metric_key_prefix=prefix)
         results[prefix] = prediction.metrics
         if split == "test":
             ids = np.argmax(prediction.predictions, axis=-1)
-            decoded = decode_predictions([task], {task.name: ids}, rows_of["test"])
+            decoded = decode_predictions([task], {task.name: ids}, splits["test"])
             write_predictions_jsonl(run_dir / "test_predictions.jsonl", decoded)
     metrics = {key: value for split in results.values() for key, value in split.items()
                if key.startswith(("eval_", "test_")) and isinstance(value, (int, float))}
@@ -506,7 +525,7 @@ def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
         train_samples_per_second=train_result.metrics.get("train_samples_per_second"),
         test_seconds=results["test"].get("test_runtime"),
         test_samples_per_second=results["test"].get("test_samples_per_second"),
-        test_samples=len(test),
+        test_samples=len(splits["test"]),
         best_checkpoint=trainer.state.best_model_checkpoint,
         best_metric=trainer.state.best_metric,
         epochs=trainer.state.epoch,
@@ -514,6 +533,99 @@ def run_hf_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
         config=config,
         run_command="(in-process: stock Trainer, see bench/quality.py run_hf_row)",
     )
+
+
+def stock_row_inputs(row: dict, run_dir: Path, extra_args, model) -> tuple:
+    """
+    (config, training arguments, task, whether it tags tokens, {split: rows}, tokenizer, model path) of a stock row:
+    its config written beside the run folder and parsed as `run_mtl.py` parses it, its data encoded by hf_mtl's data
+    layer (the label on the first subtoken, -100 on the rest, as `run_ner.py`).
+    """
+    from transformers import AutoTokenizer, set_seed
+
+    from hf_mtl.data import prepare_datasets
+    from hf_mtl.machine import fall_back_from_emulated_bf16
+    from hf_mtl.train import parse_arguments, resolve_model_path
+
+    config = row_config(row, model)
+    config["output_dir"] = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir.parent / f"{run_dir.name}.config.json"
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    model_args, data_args, args = parse_arguments([str(config_path), *extra_args])
+    fall_back_from_emulated_bf16(args)  # the same precision as the hf_mtl rows on this machine
+    (task_dict,) = data_args.tasks
+    set_seed(args.seed)
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data = prepare_datasets(
+        data_args.datasets, data_args.tasks, tokenizer, max_seq_length=data_args.max_seq_length,
+        label_all_tokens=data_args.label_all_tokens, seed=args.seed,
+        validation_split_percentage=data_args.validation_split_percentage,
+    )
+    (task,) = data.tasks
+
+    def limit(dataset, count):
+        return dataset.select(range(min(count, len(dataset)))) if count is not None else dataset
+
+    splits = {"train": limit(data.train, data_args.max_train_samples),
+              "validation": limit(data.validation, data_args.max_eval_samples),
+              "test": limit(data.test, data_args.max_eval_samples)}
+    token_task = task_dict["type"] == "token_classification"
+    return config, args, task, token_task, splits, tokenizer, model_path
+
+
+def stock_trainer(args, task, token_task: bool, splits: dict, tokenizer, model_path: str):
+    """Stock `AutoModelFor*` from the encoder checkpoint and a `Trainer` that evaluates the rows in order."""
+    from torch.utils.data import SequentialSampler
+    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                              DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer)
+
+    labels = list(task.labels)
+    encoder_config = AutoConfig.from_pretrained(
+        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    auto = AutoModelForTokenClassification if token_task else AutoModelForSequenceClassification
+    model = auto.from_pretrained(model_path, config=encoder_config)
+    collator = (DataCollatorForTokenClassification(tokenizer) if token_task
+                else DataCollatorWithPadding(tokenizer))
+    args.label_names = ["labels"]
+    args.remove_unused_columns = True
+    if args.metric_for_best_model in ("eval_score", "score"):
+        args.metric_for_best_model = "eval_score"  # compute_metrics_from_decoded gives `score` for one task too
+
+    class InOrderEvalTrainer(Trainer):
+        # transformers 5 also length-groups (and shuffles) evaluation batches under `group_by_length`; the word-level
+        # scoring pairs predictions with rows by position, so evaluation reads the rows in order. Training is
+        # untouched: this is the one change to stock Trainer (hf_mtl's MultiTaskTrainer does the same).
+        def _get_eval_sampler(self, eval_dataset):
+            return SequentialSampler(eval_dataset)
+
+    return InOrderEvalTrainer(model=model, args=args, train_dataset=stock_model_rows(splits["train"], task),
+                              eval_dataset=stock_model_rows(splits["validation"], task), processing_class=tokenizer,
+                              data_collator=collator, compute_metrics=stock_metrics(task, splits["validation"]))
+
+
+def stock_model_rows(dataset, task):
+    """A split as a stock model reads it: the task's labels as `labels`, the model inputs, nothing else."""
+    dataset = dataset.rename_column(f"{task.name}_labels", "labels")
+    keep = {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    return dataset.remove_columns([c for c in dataset.column_names if c not in keep])
+
+
+def stock_metrics(task, rows):
+    """Trainer's `compute_metrics` for one split: argmax, decoded to words and scored as hf_mtl scores its tasks."""
+    import numpy as np
+
+    from hf_mtl.evaluation import compute_metrics_from_decoded, decode_predictions
+
+    def compute(prediction):
+        ids = np.argmax(prediction.predictions, axis=-1)
+        decoded = decode_predictions([task], {task.name: ids}, rows)
+        return compute_metrics_from_decoded([task], decoded)
+
+    return compute
 
 
 def run_row(name: str, results_dir: Path, runs_dir: Path, force=False, extra_args=(), smoke=False, model=None) -> Path:
@@ -582,6 +694,8 @@ PAIRS_COLUMNS = ("row", "model", "MRPC F1", "MRPC acc", "STS Pearson (val)", "ST
                  "zero-shot cosine Pearson", "SNIPS intent acc", "SNIPS slot F1", "train s", "run on", "command")
 MIXSNIPS_COLUMNS = ("row", "model", "intent exact-set acc", "intent micro-F1", "slot F1", "train s", "best epoch",
                     "run on", "command")
+EMBEDDING_COLUMNS = ("row", "model", "STS Pearson (embed, val)", "STS Spearman (embed, val)", "zero-shot cosine Pearson",
+                     "SNIPS intent acc", "SNIPS slot F1", "train s", "run on", "command")
 SNIPS_DEV_COLUMNS = ("row", "model", "dev intent acc", "dev slot F1", "train s", "best epoch", "run on", "command")
 LORA_COLUMNS = ("row", "model", "intent acc", "slot F1", "trainable parameters", "s/step", "peak RSS MiB", "train s",
                 "run on", "command")
@@ -621,59 +735,39 @@ def machine_labels(results) -> dict:
     return labels
 
 
-def table_markdown(results_dir: Path) -> str:
-    results = {name: read_json(results_dir / f"{name}.json") for name in ROWS if (results_dir / f"{name}.json").exists()}
-    lines = []
-    machines = machine_labels(results.values())
-    for label, index in machines.items():
-        lines.append(f"- Machine M{index}: {label}")
-    lines.append("")
-    lines.append(f"Table generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
-                 "`python bench/quality.py --table`; each row's own date and machine are in its result JSON.")
-    lines.append("")
-    lines.append("Metrics on the **test** split (model selected on the validation split). Percentages. `train s` is "
-                 "Trainer's `train_runtime` (includes the per-epoch dev evaluations and checkpoint saves); `test s` "
-                 "is the `predict` call on the whole test split (metrics included). `run on` is the machine and the "
-                 "precision the row trained in: the recipes ask for bf16, which hf_mtl turns into float32 on a CPU "
-                 "without native bfloat16.")
-    lines.append("")
+class QualityTable:
+    """The generated tables of BENCHMARKS.md: one per setting, from the result files of `results_dir`."""
 
-    def run_on(result):
-        return f"M{machines[machine_label(result['environment'])]} {result.get('precision', '?')}"
+    def __init__(self, results_dir: Path):
+        self.results = {name: read_json(results_dir / f"{name}.json") for name in ROWS
+                        if (results_dir / f"{name}.json").exists()}
+        self.machines = machine_labels(self.results.values())
+        self.families = seed_families()
 
-    def get(result, key):
-        return result["metrics"].get(key) if result else None
+    def run_on(self, result) -> str:
+        return f"M{self.machines[machine_label(result['environment'])]} {result.get('precision', '?')}"
 
-    def setting_table(setting, columns, measured):
+    def setting_table(self, setting, columns, measured) -> list:
         """The rows of one setting; `measured(result)` gives the cells between the description and the command."""
         table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for name, row in ROWS.items():
             if row["setting"] != setting:
                 continue
-            result = results.get(name)
+            result = self.results.get(name)
             cells = [name, row["describe"]]
             cells += measured(result) if result else ["not run"] + [""] * (len(columns) - 4)
             cells.append(f"`{result['command'] if result else default_command(name)}`")
             table.append("| " + " | ".join(cells) + " |")
         return table
 
-    families = seed_families()
-
-    def metric(key):
-        return lambda result: get(result, key)
-
-    def sentence_accuracy(result):
-        """Every intent and slot of an utterance right: a joint row's number only (a single-task row's file has it)."""
-        joint = "test_intent_accuracy" in result["metrics"] and "test_slots_f1" in result["metrics"]
-        return get(result, "sentence_accuracy") if joint else None
-
-    def mean_rows(setting, metrics):
-        """A mean ± std row under a setting's table for each of its seed families with two or more results; the
-        cells follow the setting's columns (`metrics`: result -> value, then train s, test s, best epoch, run on,
-        command)."""
+    def mean_rows(self, setting, metrics) -> list:
+        """
+        A mean ± std row under a setting's table for each of its seed families with two or more results; the cells
+        follow the setting's columns (`metrics`: result -> value, then train s, test s, best epoch, run on, command).
+        """
         table = []
-        for first, names in families.items():
-            done = [results[name] for name in names if name in results]
+        for first, names in self.families.items():
+            done = [self.results[name] for name in names if name in self.results]
             if ROWS[first]["setting"] != setting or len(done) < 2:
                 continue
             cells = [f"**{first.removesuffix('_seed1')} (mean ± std over seeds "
@@ -682,88 +776,137 @@ def table_markdown(results_dir: Path) -> str:
             cells += [mean_std([value(result) for result in done]) for value in metrics]
             cells += [mean_std([result["train_seconds"] for result in done], 1, 0),
                       mean_std([result["test_seconds"] for result in done], 1, 1), "",
-                      ", ".join(run_on(result) for result in done), ""]
+                      ", ".join(self.run_on(result) for result in done), ""]
             table.append("| " + " | ".join(cells) + " |")
         return table
 
-    lines.append("### SNIPS (intent + slots), MiniLM-L6")
-    lines.append("")
-    lines += setting_table("snips", SNIPS_COLUMNS, lambda result: [
-        fmt(get(result, "test_intent_accuracy")), fmt(get(result, "test_slots_f1")),
-        fmt(sentence_accuracy(result)),
-        secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), run_on(result)])
-    lines += mean_rows("snips", (metric("test_intent_accuracy"), metric("test_slots_f1"), sentence_accuracy))
-    lines.append("| *target (issue 15: 3 seeds; stretch slot F1 97.0 = BERT-base, Chen et al. 2019)* | | ≥ 98.6 | "
-                 "≥ 96.5 | | ≤ 1200 | | | | |")
-    lines.append("")
-    lines.append("### SNIPS: LoRA vs full fine-tuning, MiniLM-L6")
-    lines.append("")
-    lines.append("The three rows run in one sitting on one machine. `s/step` is Trainer's `train_runtime` over the "
-                 "steps (the per-epoch dev evaluations included, the same for each row); peak RSS is the training "
-                 "process's, from the operating system.")
-    lines.append("")
-    lines += setting_table("snips_lora", LORA_COLUMNS, lambda result: [
-        fmt(get(result, "test_intent_accuracy")), fmt(get(result, "test_slots_f1")),
+
+def metric(key):
+    """result -> one of its metrics (None where the row did not measure it)."""
+    return lambda result: result["metrics"].get(key) if result else None
+
+
+def sentence_accuracy(result):
+    """Every intent and slot of an utterance right: a joint row's number only (a single-task row's file has it)."""
+    joint = "test_intent_accuracy" in result["metrics"] and "test_slots_f1" in result["metrics"]
+    return result["metrics"].get("sentence_accuracy") if joint else None
+
+
+def table_markdown(results_dir: Path) -> str:
+    table = QualityTable(results_dir)
+    lines = [f"- Machine M{index}: {label}" for label, index in table.machines.items()]
+    lines += ["", f"Table generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+              "`python bench/quality.py --table`; each row's own date and machine are in its result JSON.", "",
+              "Metrics on the **test** split (model selected on the validation split). Percentages. `train s` is "
+              "Trainer's `train_runtime` (includes the per-epoch dev evaluations and checkpoint saves); `test s` "
+              "is the `predict` call on the whole test split (metrics included). `run on` is the machine and the "
+              "precision the row trained in: the recipes ask for bf16, which hf_mtl turns into float32 on a CPU "
+              "without native bfloat16.", ""]
+    for section in (snips_tables, conll_table, pairs_table, mixsnips_table, embeddings_table):
+        lines += section(table)
+    return "\n".join(lines)
+
+
+def snips_tables(table: QualityTable) -> list:
+    """SNIPS: the joint, single-task and stock rows with their seed means, LoRA, and the dev recipe search."""
+    lines = ["### SNIPS (intent + slots), MiniLM-L6", ""]
+    lines += table.setting_table("snips", SNIPS_COLUMNS, lambda result: [
+        fmt(metric("test_intent_accuracy")(result)), fmt(metric("test_slots_f1")(result)),
+        fmt(sentence_accuracy(result)), secs(result["train_seconds"]), secs(result["test_seconds"], 1),
+        best_epoch(result), table.run_on(result)])
+    lines += table.mean_rows("snips", (metric("test_intent_accuracy"), metric("test_slots_f1"), sentence_accuracy))
+    lines += ["| *target (3 seeds; stretch slot F1 97.0 = BERT-base, Chen et al. 2019)* | | ≥ 98.6 | "
+              "≥ 96.5 | | ≤ 1200 | | | | |", "",
+              "### SNIPS: LoRA vs full fine-tuning, MiniLM-L6", "",
+              "The three rows run in one sitting on one machine. `s/step` is Trainer's `train_runtime` over the "
+              "steps (the per-epoch dev evaluations included, the same for each row); peak RSS is the training "
+              "process's, from the operating system.", ""]
+    lines += table.setting_table("snips_lora", LORA_COLUMNS, lambda result: [
+        fmt(metric("test_intent_accuracy")(result)), fmt(metric("test_slots_f1")(result)),
         f"{result['trainable_parameters']:,} of {result['total_parameters']:,}"
         if result.get("trainable_parameters") is not None else "–",
         secs(result.get("seconds_per_step"), 3), secs(result.get("peak_rss_mib")), secs(result["train_seconds"]),
-        run_on(result)])
-    lines.append("")
-    lines.append("### SNIPS recipe search on the validation split (issue 15), MiniLM-L6")
-    lines.append("")
-    lines.append("Each row keeps the epoch with the best `eval_score` on SNIPS dev (700 utterances) and reports that "
-                 "epoch's dev scores; no test number decides anything here. The search starts from recipe v1 (6 "
-                 "epochs, softmax slots: row `snips_full_ft`); every row changes the settings it names from there. "
-                 "Test scores of every row are in its result JSON, read only after the recipe was chosen.")
-    lines.append("")
-    dev_table = setting_table("snips_dev", SNIPS_DEV_COLUMNS, lambda result: [
-        fmt(result.get("best_dev", {}).get("eval_intent_accuracy")), fmt(result.get("best_dev", {}).get("eval_slots_f1")),
-        secs(result["train_seconds"]), best_epoch(result), run_on(result)])
-    recipe = results.get("snips_full_ft")
+        table.run_on(result)])
+    return lines + [""] + snips_dev_table(table)
+
+
+def snips_dev_table(table: QualityTable) -> list:
+    lines = ["### SNIPS recipe search on the validation split, MiniLM-L6", "",
+             "Each row keeps the epoch with the best `eval_score` on SNIPS dev (700 utterances) and reports that "
+             "epoch's dev scores; no test number decides anything here. The search starts from recipe v1 (6 "
+             "epochs, softmax slots: row `snips_full_ft`); every row changes the settings it names from there. "
+             "Test scores of every row are in its result JSON, read only after the recipe was chosen.", ""]
+    dev_table = table.setting_table("snips_dev", SNIPS_DEV_COLUMNS, lambda result: [
+        fmt(result.get("best_dev", {}).get("eval_intent_accuracy")),
+        fmt(result.get("best_dev", {}).get("eval_slots_f1")), secs(result["train_seconds"]), best_epoch(result),
+        table.run_on(result)])
+    recipe = table.results.get("snips_full_ft")
     if recipe:  # the recipe itself, first after the header
         best = recipe.get("best_dev", {})
         dev_table.insert(2, f"| snips_full_ft | recipe v1 (6 epochs, softmax slots), seed 1 | "
                             f"{fmt(best.get('eval_intent_accuracy'))} | {fmt(best.get('eval_slots_f1'))} | "
-                            f"{secs(recipe['train_seconds'])} | {best_epoch(recipe)} | {run_on(recipe)} | "
+                            f"{secs(recipe['train_seconds'])} | {best_epoch(recipe)} | {table.run_on(recipe)} | "
                             f"`{recipe['command']}` |")
-    lines += dev_table
-    lines.append("")
-    lines.append("### CoNLL-2003 NER + AG News topic, MiniLM-L6")
-    lines.append("")
-    lines.append("AG News: only its 7,600-row test file exists here; `bench/quality.py` splits it by a permutation "
-                 f"with seed {AG_SEED} into 6,000 train / 800 validation / 800 test rows (text = title + description).")
-    lines.append("")
-    lines += setting_table("conll_ag", CONLL_COLUMNS, lambda result: [
-        fmt(get(result, "test_ner_f1")), fmt(get(result, "test_topic_accuracy")),
-        fmt(get(result, "eval_ner_f1")), fmt(get(result, "eval_topic_accuracy")),
-        secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), run_on(result)])
-    lines += mean_rows("conll_ag", tuple(metric(key) for key in ("test_ner_f1", "test_topic_accuracy", "eval_ner_f1",
-                                                                  "eval_topic_accuracy")))
-    lines.append("")
-    lines.append("### Sentence pairs: MRPC (paraphrase) and STS 2015 (similarity 0-5), MiniLM-L6")
-    lines.append("")
-    lines.append("Fixed epochs, no selection on the validation split (STS has no test split: its Pearson is on "
-                 "validation). MRPC F1 is the positive class's on the test split, as GLUE scores it. The zero-shot "
-                 "column is the untrained encoder's cosine similarity (mean pooling) on the same STS pairs.")
-    lines.append("")
-    lines += setting_table("pairs", PAIRS_COLUMNS, lambda result: [
-        fmt(get(result, "test_paraphrase_f1")), fmt(get(result, "test_paraphrase_accuracy")),
-        fmt(get(result, "eval_similarity_pearson")), fmt(get(result, "eval_similarity_spearman")),
-        fmt(get(result, "zero_shot_similarity_pearson")), fmt(get(result, "test_intent_accuracy")),
-        fmt(get(result, "test_slots_f1")), secs(result["train_seconds"]), run_on(result)])
-    lines.append("| *target (MiniLM-L6)* | | ≥ 88 | | ≥ 80 | | below the head | | | | | |")
-    lines.append("")
-    lines.append("### MixSNIPS (multi-label intents + slots), MiniLM-L6")
-    lines.append("")
-    lines.append("Train 2,198 utterances (5 % carved for validation), test 2,199: the published multi-intent models "
-                 "train on 45k, so their numbers are not comparable. Intent accuracy is exact-set.")
-    lines.append("")
-    lines += setting_table("mixsnips", MIXSNIPS_COLUMNS, lambda result: [
-        fmt(get(result, "test_intents_accuracy")), fmt(get(result, "test_intents_micro_f1")),
-        fmt(get(result, "test_slots_f1")), secs(result["train_seconds"]), best_epoch(result), run_on(result)])
-    lines.append("")
-    return "\n".join(lines)
+    return lines + dev_table + [""]
 
+
+def conll_table(table: QualityTable) -> list:
+    lines = ["### CoNLL-2003 NER + AG News topic, MiniLM-L6", "",
+             "AG News: only its 7,600-row test file exists here; `bench/quality.py` splits it by a permutation "
+             f"with seed {AG_SEED} into 6,000 train / 800 validation / 800 test rows (text = title + description).", ""]
+    keys = ("test_ner_f1", "test_topic_accuracy", "eval_ner_f1", "eval_topic_accuracy")
+    lines += table.setting_table("conll_ag", CONLL_COLUMNS, lambda result: [
+        *(fmt(metric(key)(result)) for key in keys),
+        secs(result["train_seconds"]), secs(result["test_seconds"], 1), best_epoch(result), table.run_on(result)])
+    lines += table.mean_rows("conll_ag", tuple(metric(key) for key in keys))
+    return lines + [""]
+
+
+def pairs_table(table: QualityTable) -> list:
+    lines = ["### Sentence pairs: MRPC (paraphrase) and STS 2015 (similarity 0-5), MiniLM-L6", "",
+             "Fixed epochs, no selection on the validation split (STS has no test split: its Pearson is on "
+             "validation). MRPC F1 is the positive class's on the test split, as GLUE scores it. The zero-shot "
+             "column is the untrained encoder's cosine similarity (mean pooling) on the same STS pairs.", ""]
+    keys = ("test_paraphrase_f1", "test_paraphrase_accuracy", "eval_similarity_pearson", "eval_similarity_spearman",
+            "zero_shot_similarity_pearson", "test_intent_accuracy", "test_slots_f1")
+    lines += table.setting_table("pairs", PAIRS_COLUMNS, lambda result: [
+        *(fmt(metric(key)(result)) for key in keys), secs(result["train_seconds"]), table.run_on(result)])
+    return lines + ["| *target (MiniLM-L6)* | | ≥ 88 | | ≥ 80 | | below the head | | | | | |", ""]
+
+
+def mixsnips_table(table: QualityTable) -> list:
+    lines = ["### MixSNIPS (multi-label intents + slots), MiniLM-L6", "",
+             "Train 2,198 utterances (5 % carved for validation), test 2,199: the published multi-intent models "
+             "train on 45k, so their numbers are not comparable. Intent accuracy is exact-set.", ""]
+    keys = ("test_intents_accuracy", "test_intents_micro_f1", "test_slots_f1")
+    lines += table.setting_table("mixsnips", MIXSNIPS_COLUMNS, lambda result: [
+        *(fmt(metric(key)(result)) for key in keys), secs(result["train_seconds"]), best_epoch(result),
+        table.run_on(result)])
+    return lines + [""]
+
+
+def embeddings_table(table: QualityTable) -> list:
+    lines = ["### The embedding itself: STS 2015 as a bi-encoder, and what SNIPS heads cost it, MiniLM-L6", "",
+             "`embed()` cosine against the STS 2015 validation scores (750 pairs) after training; the zero-shot column "
+             "is the untouched encoder's. Fixed epochs, no selection. SNIPS on test.", ""]
+    keys = ("embedding_sts_pearson", "embedding_sts_spearman", "zero_shot_similarity_pearson", "test_intent_accuracy",
+            "test_slots_f1")
+    lines += table.setting_table("embeddings", EMBEDDING_COLUMNS, lambda result: [
+        *(fmt(metric(key)(result)) for key in keys), secs(result["train_seconds"]), table.run_on(result)])
+    for path in sorted(RESULTS.glob("embedding_*.json")):
+        result = read_json(path)
+        cells = [path.stem, f"the model row `{result['row']}` trained (`{result['model_dir']}`), measured after",
+                 *(fmt(result["metrics"].get(key)) for key in keys[:3]), "", "", "",
+                 f"M{table.machines.get(machine_label(result['environment']), '?')}", f"`{result['command']}`"]
+        lines.append("| " + " | ".join(cells) + " |")
+    done = [table.results[name] for name in table.families.get("sts_biencoder_seed1", []) if name in table.results]
+    if len(done) >= 2:
+        cells = ["**sts_biencoder (mean ± std)**", f"seeds {', '.join(str(result['seed']) for result in done)}",
+                 *(mean_std([metric(key)(result) for result in done]) for key in keys),
+                 mean_std([result["train_seconds"] for result in done], 1, 0),
+                 ", ".join(table.run_on(result) for result in done), ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["| *target* | | ≥ zero-shot + 3 | | | within 0.3 of the recipe | within 0.3 | | | |", ""]
 
 
 def write_table(results_dir: Path, markdown_file: Path):
@@ -782,6 +925,9 @@ def main(argv=None):
     action.add_argument("--list", action="store_true", help="list the rows and their result files")
     action.add_argument("--table", action="store_true", help="rewrite the table in BENCHMARKS.md from the results")
     action.add_argument("--smoke", action="store_true", help="CI: a few dozen steps of --smoke-row on a tiny subset")
+    action.add_argument("--embedding-of", metavar="ROW=MODEL_DIR",
+                        help="the STS cosine of an already trained model's embed(), written as "
+                             "results/embedding_ROW.json (ROW: the row that trained it, e.g. snips_recipe_seed1)")
     parser.add_argument("--smoke-row", default="snips_mtl_seed1", help="the row --smoke runs (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="rerun rows whose result file exists")
     parser.add_argument("--results-dir", type=Path, default=None,
@@ -804,6 +950,10 @@ def main(argv=None):
             state = "done" if (results_dir / f"{name}.json").exists() else "to run"
             print(f"{name:<28} {state:<7} {row['describe']}")
         return 0
+    if args.embedding_of:
+        row, _, model_dir = args.embedding_of.partition("=")
+        write_embedding_scores(row, Path(model_dir), args.results_dir or RESULTS)
+        return
     if args.table:
         write_table(args.results_dir or RESULTS, args.markdown)
         return 0

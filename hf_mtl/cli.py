@@ -13,9 +13,11 @@ import numpy as np
 
 from . import __version__
 from .data.readers import decode_text_lines, iter_text_lines
-from .errors import ConfigError, DataError, HfMtlError, ModelError
-from .outputs import StagedOutput
-from .pipeline_mtl import DEFAULT_BATCH_SIZE, BackendNotInstalledError, cpu_has_native_bf16
+from .errors import ConfigError, DataError, HfMtlError, ModelError, print_error
+from .atomic_files import StagedOutput
+from .json_files import read_json_file
+from .pipeline_mtl import DEFAULT_BATCH_SIZE, BackendNotInstalledError
+from .precision import cpu_has_native_bf16
 
 # Lines handed to the pipeline at once: large enough to sort by length, small enough for a lively progress bar.
 BLOCK_SIZE = 1024
@@ -56,10 +58,7 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             raise Interrupted("the command stopped before its end; nothing was written or replaced") from None
     except (HfMtlError, BackendNotInstalledError) as error:
-        if os.environ.get("HF_MTL_DEBUG") == "1":
-            raise
-        print("error: " + " ".join(str(error).split()), file=sys.stderr)
-        return getattr(error, "exit_status", 2)  # 130 for a training run stopped by SIGINT / SIGTERM
+        return print_error(error)  # exit status 130 for a training run stopped by SIGINT / SIGTERM
     except Interrupted as interruption:
         print(f"interrupted: {interruption}", file=sys.stderr)
         return 130
@@ -76,7 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help only: main() hands `train ...` to hf_mtl.train before parsing.
     commands.add_parser("train", help="train a model (`hf-mtl train --help` lists its options)", add_help=False)
+    add_predict_parser(commands)
+    add_embed_parser(commands)
+    add_info_parser(commands)
+    add_evaluate_parser(commands)
+    add_export_parsers(commands)
+    add_serve_parser(commands)
+    return parser
 
+
+def add_predict_parser(commands):
     predict = commands.add_parser(
         "predict",
         help="predict every task on raw text, one JSON line per input",
@@ -95,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(run=run_predict)
 
+
+def add_embed_parser(commands):
     embed = commands.add_parser(
         "embed",
         help="sentence embeddings of a text file, one row per input line, as .npy",
@@ -112,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.set_defaults(run=run_embed)
 
+
+def add_info_parser(commands):
     info = commands.add_parser(
         "info", help="what a model folder holds: tasks, labels, encoder, files and recorded metrics",
         description="Summarise a trained or exported hf_mtl folder without loading its weights.",
@@ -120,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(run=run_info)
 
+
+def add_evaluate_parser(commands):
     evaluate = commands.add_parser(
         "evaluate", help="score a model on a labelled file with a run's metrics and report",
         description="Score a trained model on a labelled file (any format a run's data set may have) with the "
@@ -143,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", default=None, help="folder for the results, report and predictions")
     evaluate.set_defaults(run=run_evaluate)
 
+
+def add_export_parsers(commands):
     export_task = commands.add_parser(
         "export-task", help="one task as a stock AutoModelForTokenClassification / AutoModelForSequenceClassification"
     )
@@ -164,7 +180,35 @@ def build_parser() -> argparse.ArgumentParser:
     export_onnx.add_argument("--output", required=True, help="folder to write (model.onnx, tokenizer, config.json)")
     export_onnx.add_argument("--quantize", choices=["int8"], default=None, help="also write model_int8.onnx")
     export_onnx.set_defaults(run=run_export_onnx)
-    return parser
+
+
+def add_serve_parser(commands):
+    serve = commands.add_parser(
+        "serve", help="an HTTP server: every head per request, TEI-compatible routes, a web page at /",
+        description="Serve a model over HTTP (`pip install 'hf_mtl[serve]'`): /predict_all (every head), "
+        "/heads/<task>/predict and /tag, and Text Embeddings Inference's /embed, /predict, /similarity, /info, "
+        "/health, /metrics; OpenAPI at /docs, a web page at /.",
+    )
+    add_model_arguments(serve)
+    serve.set_defaults(backend=None, run=run_serve)
+    for action in serve._actions:
+        if action.dest == "backend":
+            action.help = "torch, onnx or openvino (default: onnx for a folder of `hf-mtl export-onnx`, else torch)"
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="server processes, each with its own model (default 1)")
+    serve.add_argument("--max-batch-tokens", type=int, default=16384,
+                       help="padded tokens per forward batch; requests are gathered up to it (default 16384)")
+    serve.add_argument("--max-client-batch-size", type=int, default=32,
+                       help="inputs one request may hold; more is answered 413 (default 32)")
+    serve.add_argument("--max-concurrent-requests", type=int, default=512,
+                       help="requests answered at once per worker; more are answered 429 (default 512)")
+    serve.add_argument("--payload-limit", type=int, default=2_000_000,
+                       help="bytes of a request body; more is answered 413 (default 2000000)")
+    serve.add_argument("--default-head", default=None, help="sentence task of /predict (default: the first)")
+    serve.add_argument("--graceful-timeout", type=int, default=None,
+                       help="seconds to wait for requests in flight on SIGTERM (default: until they are answered)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def add_model_arguments(parser):
@@ -377,8 +421,8 @@ class PartialPredictions:
         total = len(records)
         where = f"--resume: the partial predictions {self.path}"
         try:
-            recorded = json.loads(self.record.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
+            recorded = read_json_file(self.record, what="record of partial predictions")
+        except ConfigError as error:
             raise ConfigError(f"{where}: cannot read {self.record.name} ({error}); run without --resume") from None
         changed = [key for key in sorted(set(recorded) | set(self.fingerprint))
                    if recorded.get(key) != self.fingerprint.get(key)]
@@ -457,6 +501,12 @@ def model_identity(model: str):
                       for stat in [os.stat(os.path.join(model, name))]}}
 
 
+def run_serve(args):
+    from .serving.server import run_serve as serve
+
+    return serve(args)
+
+
 def run_export_onnx(args):
     from .onnx import export_onnx
 
@@ -484,7 +534,7 @@ def load_pipeline(args):
             file_name=args.onnx_file,
             compile=args.compile,
         )
-        pipe._use_bf16(args.bf16)  # a precision the backend lacks fails here, before any output
+        pipe.backend.uses_bf16(args.bf16)  # a precision the backend lacks fails here, before any output
     except (OSError, ValueError) as error:
         raise ModelError(f"--model {args.model}: {error}") from error
     return pipe

@@ -1,18 +1,17 @@
 """Configuration of hf_mtl multi-task models: one shared encoder and N named task heads.
 
-Self-contained on purpose (imports only transformers): `save_pretrained` copies this file next to the
-weights, so the Hub copy runs where hf_mtl is not installed.
+Hub-safe on purpose (transformers and the package's `task_kinds` only): `save_pretrained` copies this file and the
+modules it imports next to the weights, so the Hub copy runs where hf_mtl is not installed.
 """
 
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-TASK_TYPES = ("sequence_classification", "token_classification")
+from .task_kinds import kind_of, problem_types, task_kind, task_types
+
 # Output keys of `MultiTaskPipeline` and of the rows of `*_predictions.jsonl`, beside the task names.
 RESERVED_OUTPUT_KEYS = ("text", "text_pair", "words", "words_pair", "tags")
-# transformers' `problem_type` names of a sentence task; a token task is single-label per token.
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 POOLING_MODES = ("cls", "mean", "max", "pooler")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
 LOSS_REDUCTIONS = ("per_task", "per_row")
@@ -28,41 +27,7 @@ def check_setting_choices(settings: dict, where: str = "MultiTaskConfig.") -> No
             raise ValueError(f"{where}{key}: {settings[key]!r} is not one of {', '.join(choices)}")
 
 
-# What a token task's tags are: IOB2 (the default), BIOES, or plain labels without prefixes (POS).
-TAG_FORMATS = ("BIO", "BIOES", "plain")
-
-# What a saved task dict may hold besides name, type, problem_type and labels, per kind of task.
-TASK_KIND_KEYS = {
-    "single_label_classification": ("class_weights",),
-    "multi_label_classification": ("pos_weight", "threshold", "always_top_label"),
-    "regression": ("target_mean", "target_std"),
-    "token_classification": ("class_weights", "crf", "bio_constraints", "tag_format"),
-}
-
-
-def task_kind(task: dict) -> str:
-    """The kind of a task dict: its `problem_type` for a sentence task (single-label by default), else token."""
-    if task.get("type") == "token_classification":
-        return "token_classification"
-    return task.get("problem_type") or "single_label_classification"
-
-
-def task_num_outputs(task: dict) -> int:
-    """Logits per example (or per token): one per label, one for a regression."""
-    return 1 if task_kind(task) == "regression" else len(task["labels"])
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
-
-
-def validate_task(task: dict, where: str, labels_known: bool = True) -> None:
-    """
-    Raise a `ValueError` starting with `<where>.<key>` for the first way a task dict can be wrong: the one place the
-    rules of a task's saved fields live (`MultiTaskConfig` and the run config's task blocks both use it).
-    `labels_known=False` accepts a classification task whose labels are not resolved yet (taken from data later).
-    """
-    name = task.get("name")
+def check_task_name(name, where: str) -> None:
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"{where}.name: {name!r} must be a Python identifier (it names `<name>_labels`)")
     if name in RESERVED_OUTPUT_KEYS:
@@ -74,50 +39,48 @@ def validate_task(task: dict, where: str, labels_known: bool = True) -> None:
     if hasattr(nn.ModuleDict(), name):
         raise ValueError(f"{where}.name: {name!r} is reserved (an attribute of the torch nn.ModuleDict that holds "
                          "the heads); rename the task")
-    if task.get("type") not in TASK_TYPES:
-        raise ValueError(f"{where}.type: {task.get('type')!r} is not one of {', '.join(TASK_TYPES)}")
-    problem_type = task.get("problem_type")
-    if problem_type is not None:
-        if task["type"] == "token_classification" and problem_type != "single_label_classification":
-            raise ValueError(f"{where}.problem_type: a token_classification task is single-label per token")
-        if problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"{where}.problem_type: {problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
-    kind = task_kind(task)
-    labels = task.get("labels")
-    if kind == "regression":
+
+
+def check_task_kind(task: dict, where: str) -> None:
+    """The task's `type` and `problem_type` name a registered kind (`task_kinds.TASK_KINDS`)."""
+    types = task_types()
+    if task.get("type") not in types:
+        raise ValueError(f"{where}.type: {task.get('type')!r} is not one of {', '.join(types)}")
+    problem_type, choices = task.get("problem_type"), problem_types(task["type"])
+    if problem_type is not None and problem_type not in choices:
+        if len(choices) == 1:
+            raise ValueError(f"{where}.problem_type: a {task['type']} task is {choices[0]} only, got {problem_type!r}")
+        raise ValueError(f"{where}.problem_type: {problem_type!r} is not one of {', '.join(choices)}")
+
+
+def check_task_labels(task: dict, where: str, labels_known: bool) -> None:
+    kind, name, labels = kind_of(task), task.get("name"), task.get("labels")
+    if kind.min_labels is None:
         if labels is not None:
-            raise ValueError(f"{where}.labels: a regression task predicts one number and takes no labels")
-    elif labels is not None or labels_known:
-        if not isinstance(labels, (list, tuple)) or not all(isinstance(label, str) for label in labels):
-            raise ValueError(f"{where}.labels: task {name!r} needs a list of label strings, got {labels!r}")
-        minimum = 1 if kind == "multi_label_classification" else 2
-        if len(labels) < minimum:
-            raise ValueError(f"{where}.labels: task {name!r} needs at least {minimum} labels, got {list(labels)!r}")
-        duplicates = sorted({label for label in labels if list(labels).count(label) > 1})
-        if duplicates:
-            raise ValueError(f"{where}.labels: duplicate labels {duplicates} in task {name!r}")
-    for key in ("class_weights", "pos_weight"):
-        weights = task.get(key)
-        if weights is None:
-            continue
-        if not isinstance(weights, (list, tuple)) or not all(_is_number(w) and w >= 0 for w in weights) or not any(
-            w > 0 for w in weights
-        ):
-            raise ValueError(f"{where}.{key}: a list of finite numbers >= 0 (one > 0) is required, got {weights!r}")
-        if labels is not None and len(weights) != len(labels):
-            raise ValueError(f"{where}.{key}: {len(weights)} weights for {len(labels)} labels")
-    threshold = task.get("threshold")
-    if threshold is not None and not (_is_number(threshold) and 0 < threshold < 1):
-        raise ValueError(f"{where}.threshold: a number between 0 and 1 is required, got {threshold!r}")
-    for key in ("crf", "bio_constraints", "always_top_label"):
-        if key in task and not isinstance(task[key], bool):
-            raise ValueError(f"{where}.{key}: true or false, got {task[key]!r}")
-    if "tag_format" in task and task["tag_format"] not in TAG_FORMATS:
-        raise ValueError(f"{where}.tag_format: {task['tag_format']!r} is not one of {', '.join(map(repr, TAG_FORMATS))}")
-    if "target_mean" in task or "target_std" in task:
-        mean, std = task.get("target_mean"), task.get("target_std")
-        if not (_is_number(mean) and _is_number(std) and std > 0):
-            raise ValueError(f"{where}.target_std: target_mean and a positive target_std are required, got {mean!r}, {std!r}")
+            raise ValueError(f"{where}.labels: a {kind.kind} task predicts one number and takes no labels")
+        return
+    if labels is None and not labels_known:
+        return
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(label, str) for label in labels):
+        raise ValueError(f"{where}.labels: task {name!r} needs a list of label strings, got {labels!r}")
+    if len(labels) < kind.min_labels:
+        raise ValueError(f"{where}.labels: task {name!r} needs at least {kind.min_labels} labels, got {list(labels)!r}")
+    duplicates = sorted({label for label in labels if list(labels).count(label) > 1})
+    if duplicates:
+        raise ValueError(f"{where}.labels: duplicate labels {duplicates} in task {name!r}")
+
+
+def validate_task(task: dict, where: str, labels_known: bool = True) -> None:
+    """
+    Raise a `ValueError` starting with `<where>.<key>` for the first way a task dict can be wrong: the one place the
+    rules of a task's saved fields live (`MultiTaskConfig` and the run config's task blocks both use it); the rules
+    of a kind's own keys are its class's (`task_kinds`). `labels_known=False` accepts a classification task whose
+    labels are not resolved yet (taken from data later).
+    """
+    check_task_name(task.get("name"), where)
+    check_task_kind(task, where)
+    check_task_labels(task, where, labels_known)
+    kind_of(task).check_task(task, where)
 
 
 def encoder_model_class(encoder_config: PretrainedConfig):
@@ -162,7 +125,11 @@ class MultiTaskConfig(PretrainedConfig):
             `"single_label_classification"` (the default), `"multi_label_classification"` (sigmoid per label; with
             `"threshold"`, `"pos_weight"`, `"always_top_label"`) or `"regression"` (one number, no `labels`; with the
             train targets' `"target_mean"` / `"target_std"`). Single-label and token tasks may carry
-            `"class_weights"` (one per label); a token task `"crf": true` (and `"bio_constraints"`).
+            `"class_weights"` (one per label); a token task `"crf": true` (and `"bio_constraints"`, `"tag_format"`). A
+            `"type": "sentence_similarity"` task (a bi-encoder: no `labels`) has `"loss"` (`"cosent"`,
+            `"cosine_mse"` with the train scores' `"target_min"` / `"target_max"`, `"multiple_negatives_ranking"`
+            with `"hard_negatives"`), `"scale"` and `"matryoshka_dims"`. Each kind's keys and their checks are its
+            class's in `task_kinds.py`.
         pooling (`str`, defaults to `"mean"`):
             How sentence heads and embeddings pool the token states: `"cls"`, `"mean"`, `"max"` or `"pooler"`.
         normalize_embeddings (`bool`, defaults to `False`):
@@ -221,11 +188,10 @@ class MultiTaskConfig(PretrainedConfig):
         seen = set()
         for index, task in enumerate(self.tasks):
             where = f"MultiTaskConfig.tasks[{index}]"
-            allowed = {"name", "type", "problem_type", "labels", *TASK_KIND_KEYS.get(task_kind(task), ())}
-            unknown = set(task) - allowed
+            validate_task(task, where)
+            unknown = set(task) - {"name", "type", "problem_type", "labels", *kind_of(task).saved_keys}
             if unknown:
                 raise ValueError(f"{where}: unknown keys {sorted(unknown)} for a {task_kind(task)} task")
-            validate_task(task, where)
             if task["name"] in seen:
                 raise ValueError(f"{where}.name: duplicate task name {task['name']!r}")
             seen.add(task["name"])
@@ -266,4 +232,4 @@ class MultiTaskConfig(PretrainedConfig):
         return output
 
 
-__all__ = ["MultiTaskConfig", "task_kind", "task_num_outputs", "validate_task"]
+__all__ = ["MultiTaskConfig", "validate_task"]

@@ -1,4 +1,8 @@
-"""Errors a user can cause: one type per area, each message naming the file, line, example or config key."""
+"""Errors a user can cause: one type per area, each message naming the file, line, example or config key; and
+`print_error`, the one-line form every command prints them in."""
+
+import os
+import sys
 
 
 class HfMtlError(Exception):
@@ -23,3 +27,15 @@ class TrainingError(HfMtlError, RuntimeError):
 
 class OutputError(HfMtlError, OSError):
     """An output cannot be written where it was asked (names the path and why, e.g. a full disk)."""
+
+
+def print_error(error: Exception) -> int:
+    """
+    Print `error` as one `error: ...` line on standard error and return the exit status a command ends with (the
+    error's `exit_status`, else 2). With `HF_MTL_DEBUG=1` the error is raised again instead, traceback and all.
+    """
+    if os.environ.get("HF_MTL_DEBUG") == "1":
+        raise error
+    message = " ".join(str(error).split())  # one line, whatever the message held
+    print(f"error: {message}", file=sys.stderr)
+    return getattr(error, "exit_status", 2)

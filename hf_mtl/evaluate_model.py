@@ -15,14 +15,15 @@ file are left out (or name them with `--task`).
 import json
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from .errors import ConfigError, DataError
-from .outputs import StagedOutput
+from .atomic_files import StagedOutput
+from .data.specs import input_column_keys
 
 DATASET_NAME = "data"
-TASK_COLUMN_KEYS = ("text_column", "text_pair_column", "tokens_column", "tokens_pair_column", "label_column",
-                    "tags_column")
+TASK_COLUMN_KEYS = (*input_column_keys("text"), *input_column_keys("words"), "label_column", "tags_column")
 SPEC_KEYS = ("format", "tag_scheme", "column_names")
 OUTPUT_ENTRIES = ("*_results.json", "*_report.md", "*_predictions.jsonl")
 
@@ -86,8 +87,7 @@ def choose_tasks(head_configs: list, run: dict, columns: set, wanted, data: Path
     for task_name in wanted or ():
         if task_name not in by_name:
             raise ConfigError(f"--task {task_name}: the model has no such task (it has {', '.join(by_name)})")
-    counts = {kind: sum(head["type"] == kind for head in head_configs)
-              for kind in ("sequence_classification", "token_classification")}
+    counts = Counter(head["type"] for head in head_configs)
     blocks = []
     for head in head_configs:
         block = {**head, "dataset": DATASET_NAME}
@@ -97,7 +97,7 @@ def choose_tasks(head_configs: list, run: dict, columns: set, wanted, data: Path
         else:
             block.update(conventional_columns(head, columns, counts[head["type"]] == 1))
         target = block.get("tags_column", "tags") if head["type"] == "token_classification" else block.get(
-            "label_column", "label")
+            "label_column", "label" if head.get("loss") != "multiple_negatives_ranking" else block.get("text_pair_column"))
         if (wanted and head["name"] in wanted) or (not wanted and target in columns):
             blocks.append(block)
     if not blocks:
@@ -113,9 +113,12 @@ def choose_tasks(head_configs: list, run: dict, columns: set, wanted, data: Path
 def conventional_columns(head: dict, columns: set, only_one_of_its_type: bool) -> dict:
     block = {}
     if "text" in columns:
-        block["text_column"] = "text"
+        text_key, pair_key = input_column_keys("text")
+        block[text_key] = "text"
         if "text_pair" in columns:
-            block["text_pair_column"] = "text_pair"
+            block[pair_key] = "text_pair"
+    if head.get("loss") == "multiple_negatives_ranking":
+        return block  # positive pairs: the pair itself is the gold
     key, default = ("tags_column", "tags") if head["type"] == "token_classification" else ("label_column", "label")
     if head["name"] in columns or not only_one_of_its_type:
         block[key] = head["name"]
@@ -125,7 +128,7 @@ def conventional_columns(head: dict, columns: set, only_one_of_its_type: bool) -
 
 
 def model_max_length(model, tokenizer) -> int:
-    from .pipeline_mtl import max_input_length
+    from .tokenizer_checks import max_input_length
 
     return max_input_length(model.config, tokenizer)
 
@@ -150,7 +153,7 @@ def score(model, tokenizer, prepared, dataset, name, batch_size):
     from .evaluation import build_preprocess_logits_for_metrics
     from .tasks import tasks_of_config
     from .train import evaluate_split
-    from .training import MultiTaskTrainer
+    from .trainer import MultiTaskTrainer
 
     # Every head's logits are reduced (the model returns them all); only the chosen tasks are scored.
     all_tasks = [next((task for task in prepared.tasks if task.name == head.name), head)

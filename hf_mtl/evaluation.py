@@ -74,13 +74,15 @@ def decode_predictions(tasks, predictions: Mapping, dataset) -> list:
                 f"{len(predictions[task.name])} predictions for task {task.name!r} but {len(rows)} examples: build "
                 "compute_metrics / decode_predictions with the data set that was evaluated"
             )
+    golds = {task.name: [row.get(task.name + GOLD_SUFFIX, task.missing_gold()) for row in rows] for task in tasks}
+    predictions = {task.name: task.split_predictions(predictions[task.name], golds[task.name]) for task in tasks}
     decoded = []
     for index, row in enumerate(rows):
         example = {"words": list(row["words"])}
         if row.get("words_pair"):
             example["words_pair"] = list(row["words_pair"])
         for task in tasks:
-            gold = row.get(task.name + GOLD_SUFFIX, task.missing_gold())
+            gold = golds[task.name][index]
             if task.has_gold(gold):
                 example[task.name] = {"gold": gold, "pred": task.decode(predictions[task.name][index], row)}
         decoded.append(example)

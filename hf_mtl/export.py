@@ -11,8 +11,8 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 from .configuration_mtl import encoder_has_pooler
 from .errors import ConfigError
 from .loading import load_model_folder
-from .outputs import StagedOutput
-from .pipeline_mtl import max_input_length
+from .atomic_files import StagedOutput
+from .tokenizer_checks import max_input_length
 from .tasks import tasks_of_config
 
 
@@ -42,6 +42,9 @@ def export_task(model_dir: str, task_name: str, output_dir: str) -> str:
     task = tasks[task_name]
     if task.needs_word_starts:
         raise ConfigError(f"task {task_name!r} decodes with a CRF, which AutoModelForTokenClassification lacks")
+    if task.encodes_pair_separately:
+        raise ConfigError(f"task {task_name!r} is a bi-encoder (its score is the cosine of two embeddings): export the "
+                          "embedding with export-sentence-transformers instead")
 
     config = copy.deepcopy(model.config.encoder)
     labels = task.labels or ["score"]
@@ -138,7 +141,12 @@ def _write_sentence_transformers(model, tokenizer, output_dir, normalize):
         # Our encoder was built without its unused pooler: load it the same way, not with a random one.
         transformer_config["model_args"] = {"add_pooling_layer": False}
     _write_json(os.path.join(output_dir, "sentence_bert_config.json"), transformer_config)
-    _write_json(os.path.join(output_dir, "config_sentence_transformers.json"), {"similarity_fn_name": "cosine"})
+    model_config = {"similarity_fn_name": "cosine"}
+    dims = sorted({dim for task in model.config.tasks for dim in task.get("matryoshka_dims") or ()}, reverse=True)
+    if dims:
+        # The truncated sizes the similarity tasks trained: `SentenceTransformer(folder, truncate_dim=d)` serves them.
+        model_config["matryoshka_dims"] = dims
+    _write_json(os.path.join(output_dir, "config_sentence_transformers.json"), model_config)
 
     modules = [("", "sentence_transformers.models.Transformer")]
     mode = "cls" if pooling == "pooler" else pooling

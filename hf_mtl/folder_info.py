@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .configuration_mtl import MultiTaskConfig, encoder_max_positions, task_kind
 from .errors import ModelError
-from .outputs import human_size
+from .json_files import read_json_file
+from .atomic_files import human_size
 from .tasks import tasks_of_config
 
 WEIGHT_FILES = ("model.safetensors", "model.onnx", "model_int8.onnx", "crf.safetensors")
@@ -61,10 +62,10 @@ def read_config(folder: Path) -> MultiTaskConfig:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelError(f"{where}: no config.json (not an hf_mtl model folder)")
-    try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    except (ValueError, AttributeError) as error:
-        raise ModelError(f"{config_file}: not a JSON object ({error})") from None
+    values = read_json_file(config_file, what="model config", error=ModelError)
+    if not isinstance(values, dict):
+        raise ModelError(f"{config_file}: not a JSON object")
+    model_type = values.get("model_type")
     if model_type != MultiTaskConfig.model_type:
         raise ModelError(f"{where}: not an hf_mtl model folder (config.json model_type is {model_type!r})")
     try:

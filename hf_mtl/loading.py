@@ -11,15 +11,15 @@ refused with one `ModelError` naming it and what is wrong, before anything is bu
 - the weights do not match `config.json` (a head missing, of another shape, or not declared; encoder weights of layers
   the config does not have; a task whose kind or labels differ from what `save_pretrained` recorded in the weights:
   see `MultiTaskModel.from_pretrained`, which is strict for everyone, remote code included);
-- the tokenizer is missing, slow, or not the encoder's (`pipeline_mtl.check_tokenizer`: transformers builds a 5-token
+- the tokenizer is missing, slow, or not the encoder's (`tokenizer_checks.check_tokenizer`: transformers builds a 5-token
   tokenizer from a folder without `tokenizer.json`, which turns every word into `[UNK]`).
 """
 
-import json
 import os
 
 from .configuration_mtl import MultiTaskConfig
 from .errors import ModelError
+from .json_files import read_json_file
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -109,15 +109,7 @@ def verify_model_folder(model_dir) -> MultiTaskConfig:
     config_file = local_file(model_dir, "config.json")
     if config_file is None:
         raise ModelError(f"{where}: no config.json, so not a saved model folder")
-    try:
-        with open(config_file, encoding="utf-8") as handle:
-            config_dict = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ModelError(f"{config_file}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
-    except UnicodeDecodeError:
-        raise ModelError(f"{config_file}: not UTF-8 text") from None
-    except OSError as error:
-        raise ModelError(f"{config_file}: cannot be read ({error.strerror})") from None
+    config_dict = read_json_file(config_file, what="model config", error=ModelError)
     if not isinstance(config_dict, dict) or config_dict.get("model_type") != MultiTaskConfig.model_type:
         found = config_dict.get("model_type") if isinstance(config_dict, dict) else None
         raise ModelError(f"{where}: not an hf_mtl multi-task model (config.json has model_type {found!r})")
@@ -130,10 +122,10 @@ def verify_model_folder(model_dir) -> MultiTaskConfig:
 
     index_file = local_file(model_dir, WEIGHTS_INDEX_NAME)
     if index_file is not None:
+        index = read_json_file(index_file, what="safetensors index", error=ModelError)
         try:
-            with open(index_file, encoding="utf-8") as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            shards = sorted(set(index["weight_map"].values()))
+        except (KeyError, TypeError, AttributeError) as error:
             raise ModelError(f"{index_file}: not a valid safetensors index ({error})") from None
     else:
         shards = [WEIGHTS_NAME]
@@ -165,10 +157,10 @@ def load_multitask_model(model_dir, **kwargs):
 
 
 def load_tokenizer(model_dir, encoder_config, **kwargs):
-    """The folder's fast tokenizer, checked against the encoder (`pipeline_mtl.check_tokenizer`)."""
+    """The folder's fast tokenizer, checked against the encoder (`tokenizer_checks.check_tokenizer`)."""
     from transformers import AutoTokenizer
 
-    from .pipeline_mtl import check_tokenizer
+    from .tokenizer_checks import check_tokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(local_name(model_dir), **kwargs)

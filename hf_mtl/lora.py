@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ModelError
+from .freezing import encoder_layers
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ def attention_linear_names(encoder: nn.Module) -> list:
     layer of that attention whose name no Linear layer outside an attention block shares (peft matches names
     anywhere in the encoder: ModernBERT's attention `Wo` would also adapt its MLP's `Wo`).
     """
-    from .training import encoder_layers
 
     def in_attention(name):
         return "attention" in name or "attn" in name
@@ -220,3 +220,28 @@ def load_merged(model, folder: str):
             raise ModelError(f"{folder}: merged weight {key} does not match this run's base model plus the adapter; "
                              "was the checkpoint trained from another model_name_or_path?")
     model.load_state_dict(state, strict=True)
+
+
+class LoraCheckpointMixin:
+    """What `MultiTaskTrainer` adds to `Trainer` for LoRA: checkpoints hold the merged weights plus the adapter, and
+    resuming or loading the best model reads them back into the live adapter."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        if has_lora(self.model):
+            state_dict = save_merged(self.model, state_dict, output_dir or self.args.output_dir, self.args.should_save)
+        super()._save(output_dir, state_dict)
+
+    def _loads_merged_lora(self) -> bool:
+        """FSDP and DeepSpeed resume from their own files of the live model."""
+        return has_lora(self.model) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self._loads_merged_lora():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_merged(self.model if model is None else model, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        if not self._loads_merged_lora():
+            return super()._load_best_model()
+        logger.info(f"loading the best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric})")
+        load_merged(self.model, self.state.best_model_checkpoint)

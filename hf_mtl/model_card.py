@@ -122,7 +122,6 @@ def write_model_card(
 
 def _render_body(output_dir, config, model_name, base_model, datasets, training_settings, metrics_by_split, hub_model_id):
     tasks = tasks_of_config(config)
-    reference = hub_model_id or str(output_dir)
     encoder = config.encoder
     lines = [
         f"# {model_name}",
@@ -151,7 +150,13 @@ def _render_body(output_dir, config, model_name, base_model, datasets, training_
     if metrics_by_split:
         lines += _render_results(tasks, metrics_by_split)
     lines += _render_files(output_dir)
-    lines += [
+    lines += _render_usage(hub_model_id or str(output_dir))
+    return "\n".join(lines) + "\n"
+
+
+def _render_usage(reference: str) -> list:
+    """How to load the model and predict with it, from Python and the command line."""
+    return [
         "",
         "## How to load",
         "",
@@ -189,7 +194,6 @@ def _render_body(output_dir, config, model_name, base_model, datasets, training_
         f"hf-mtl predict --model {reference} --input sentences.txt --output predictions.jsonl",
         "```",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def _render_results(tasks, metrics_by_split) -> list:

@@ -19,7 +19,9 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_mtl import MultiTaskConfig, encoder_has_pooler, encoder_model_class, task_kind, task_num_outputs
+from .configuration_mtl import MultiTaskConfig, encoder_has_pooler, encoder_model_class
+from .crf import LinearChainCRF
+from .task_kinds import kind_of, task_kind
 
 LABELS_SUFFIX = "_labels"
 # Encoders that ship inside a PyPI package, addressable without the Hub: alias -> (module, function returning the
@@ -90,446 +92,6 @@ class MultiTaskPooling(nn.Module):
 
     def extra_repr(self):
         return f"mode={self.mode!r}"
-
-
-# ---- linear-chain CRF over word positions -------------------------------------------------------------------------
-
-# Score of a transition or start that the tag scheme forbids. Finite on purpose: a gold path that breaks the
-# constraints then costs a large finite loss instead of inf/NaN. Far below any sum of emission scores a trained
-# head gives a sentence, so such a path has probability 0 in float32 and Viterbi never picks it.
-DISALLOWED_SCORE = -1e4
-
-
-class LinearChainCRF(nn.Module):
-    """
-    Linear-chain conditional random field over a compacted sequence of positions (one per word: see
-    `compact_word_positions`), in plain torch.
-
-    Parameters: `start_transitions [T]`, `end_transitions [T]` and `transitions [T, T]` (from-tag x to-tag), all
-    initialised to zeros: the untrained CRF then scores a path by its emissions alone (without constraints exactly
-    like a softmax head, its NLL the sum of the words' cross-entropies), and building one draws no random numbers
-    (the other heads' initialisation does not change). Emissions break the symmetry, so zeros train like any start.
-
-    `allowed_transitions [T, T]` / `allowed_starts [T]` (e.g. from `bio_constraints`) are kept as non-persistent
-    buffers (never saved: rebuilt from the label list at every load) and applied as a score of `DISALLOWED_SCORE`.
-    A copy is kept as plain Python data so that `reset_parameters` can rebuild the buffers after
-    `PreTrainedModel.from_pretrained`, which builds the model on the meta device and re-creates non-persistent
-    buffers empty.
-
-    Every method takes a compacted `mask [B, L]` (row b's True entries are positions 0..len_b-1), computes in
-    float32 whatever the autocast context, is vectorised over the batch (a loop over positions only), and gives
-    0 for a row of length 0.
-    """
-
-    def __init__(
-        self,
-        num_tags: int,
-        allowed_transitions: torch.BoolTensor | None = None,
-        allowed_starts: torch.BoolTensor | None = None,
-    ):
-        super().__init__()
-        if num_tags < 1:
-            raise ValueError(f"LinearChainCRF needs at least 1 tag, got {num_tags}")
-        self.num_tags = num_tags
-        self.start_transitions = nn.Parameter(torch.zeros(num_tags))
-        self.end_transitions = nn.Parameter(torch.zeros(num_tags))
-        self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
-        self._allowed_transitions = self._as_python(allowed_transitions, (num_tags, num_tags), "allowed_transitions")
-        self._allowed_starts = self._as_python(allowed_starts, (num_tags,), "allowed_starts")
-        transitions_mask, starts_mask = self.constraint_masks()
-        self.register_buffer("allowed_transitions", transitions_mask, persistent=False)
-        self.register_buffer("allowed_starts", starts_mask, persistent=False)
-
-    @staticmethod
-    def _as_python(mask, shape, name):
-        if mask is None:
-            return None
-        if not isinstance(mask, torch.Tensor):  # not a bare as_tensor: inside a meta-device context it would move a tensor
-            mask = torch.as_tensor(mask, device="cpu")
-        if tuple(mask.shape) != shape or mask.dtype != torch.bool:
-            raise ValueError(f"LinearChainCRF {name}: a bool tensor of shape {list(shape)} is required, "
-                             f"got {mask.dtype} {list(mask.shape)}")
-        if mask.is_meta:
-            raise ValueError(f"LinearChainCRF {name}: build it on the CPU (device='cpu'), not on the meta device")
-        return mask.tolist()
-
-    def constraint_masks(self) -> tuple:
-        """`(allowed_transitions [T, T], allowed_starts [T])` as bool tensors rebuilt from the constructor's masks."""
-        num_tags = self.num_tags
-        transitions = (
-            torch.tensor(self._allowed_transitions, dtype=torch.bool)
-            if self._allowed_transitions is not None
-            else torch.ones(num_tags, num_tags, dtype=torch.bool)
-        )
-        starts = (
-            torch.tensor(self._allowed_starts, dtype=torch.bool)
-            if self._allowed_starts is not None
-            else torch.ones(num_tags, dtype=torch.bool)
-        )
-        return transitions, starts
-
-    @torch.no_grad()
-    def reset_parameters(self):
-        """Zeros for the scores and the constraint buffers rebuilt; for `_init_weights`. Under transformers'
-        `initialize_weights`, `nn.init.zeros_` skips parameters that were loaded from a checkpoint."""
-        for parameter in (self.start_transitions, self.end_transitions, self.transitions):
-            nn.init.zeros_(parameter)
-        transitions, starts = self.constraint_masks()
-        self.allowed_transitions.copy_(transitions)
-        self.allowed_starts.copy_(starts)
-
-    def extra_repr(self):
-        constrained = self._allowed_transitions is not None or self._allowed_starts is not None
-        return f"num_tags={self.num_tags}, constrained={constrained}"
-
-    # -- scores in float32 --------------------------------------------------------------------------------------
-
-    def _scores(self):
-        """(start [T], transitions [T, T], end [T]) in float32 with the constraints applied."""
-        start = self.start_transitions.float().masked_fill(~self.allowed_starts, DISALLOWED_SCORE)
-        transitions = self.transitions.float().masked_fill(~self.allowed_transitions, DISALLOWED_SCORE)
-        return start, transitions, self.end_transitions.float()
-
-    def _check(self, emissions, mask):
-        """Row lengths `[B]` after checking shapes and that the mask is a left-aligned prefix."""
-        if emissions.dim() != 3 or emissions.shape[-1] != self.num_tags:
-            raise ValueError(f"LinearChainCRF: emissions must be [batch, length, {self.num_tags}], got {list(emissions.shape)}")
-        if mask.shape != emissions.shape[:2]:
-            raise ValueError(f"LinearChainCRF: mask {list(mask.shape)} does not match emissions {list(emissions.shape)}")
-        mask = mask.to(device=emissions.device, dtype=torch.bool)
-        lengths = mask.sum(dim=1)
-        positions = torch.arange(mask.shape[1], device=mask.device)
-        if not torch.equal(mask, positions < lengths.unsqueeze(1)):
-            raise ValueError("LinearChainCRF: the mask must be compacted (each row's True entries first); "
-                             "see compact_word_positions")
-        return mask, lengths
-
-    def log_likelihood(self, emissions: torch.Tensor, tags: torch.LongTensor, mask: torch.BoolTensor) -> torch.Tensor:
-        """log p(tags | emissions) per row `[B]` (float32); tags outside the mask are ignored (may be -100)."""
-        mask, _ = self._check(emissions, mask)
-        tags = tags.to(emissions.device)
-        if bool(((tags < 0) | (tags >= self.num_tags))[mask].any()):
-            raise ValueError(f"LinearChainCRF: tags inside the mask must be in 0..{self.num_tags - 1}")
-        with torch.autocast(device_type=emissions.device.type, enabled=False):
-            return self._path_score(emissions.float(), tags, mask) - self.log_partition(emissions, mask)
-
-    def _path_score(self, emissions, tags, mask):
-        start, transitions, end = self._scores()
-        zero = emissions.new_zeros(())
-        if emissions.shape[1] == 0:
-            return emissions.new_zeros(emissions.shape[0])
-        tags = tags.masked_fill(~mask, 0)
-        # `where`, not a product with the mask: a non-finite score outside the mask must not turn into NaN.
-        score = torch.where(mask, emissions.gather(2, tags.unsqueeze(-1)).squeeze(-1), zero).sum(dim=1)
-        score = score + torch.where(mask[:, 0], start[tags[:, 0]], zero)
-        if tags.shape[1] > 1:
-            score = score + torch.where(mask[:, 1:], transitions[tags[:, :-1], tags[:, 1:]], zero).sum(dim=1)
-        lengths = mask.sum(dim=1)
-        last_tags = tags.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-        return score + torch.where(lengths > 0, end[last_tags], zero)
-
-    def log_partition(self, emissions: torch.Tensor, mask: torch.BoolTensor) -> torch.Tensor:
-        """log Σ over all tag paths of exp(score) per row `[B]` (forward algorithm, float32)."""
-        mask, lengths = self._check(emissions, mask)
-        with torch.autocast(device_type=emissions.device.type, enabled=False):
-            emissions = emissions.float()
-            start, transitions, end = self._scores()
-            if emissions.shape[1] == 0:
-                return emissions.new_zeros(emissions.shape[0])
-            alpha = start + emissions[:, 0]  # [B, T]: log-sum of the paths ending in each tag
-            for position in range(1, emissions.shape[1]):
-                step = torch.logsumexp(alpha.unsqueeze(2) + transitions + emissions[:, position].unsqueeze(1), dim=1)
-                alpha = torch.where(mask[:, position].unsqueeze(1), step, alpha)
-            total = torch.logsumexp(alpha + end, dim=1)
-            return torch.where(lengths > 0, total, torch.zeros_like(total))
-
-    @torch.no_grad()
-    def viterbi_decode(self, emissions: torch.Tensor, mask: torch.BoolTensor) -> tuple:
-        """Best path per row: `(tags [B, L] long, -100 after each row's length; its scores [B] float32)`."""
-        mask, lengths = self._check(emissions, mask)
-        batch_size, length = emissions.shape[:2]
-        device = emissions.device
-        tags = torch.full((batch_size, length), -100, dtype=torch.long, device=device)
-        if length == 0:
-            return tags, torch.zeros(batch_size, device=device)
-        with torch.autocast(device_type=device.type, enabled=False):
-            emissions = emissions.float()
-            start, transitions, end = self._scores()
-            score = start + emissions[:, 0]
-            identity = torch.arange(self.num_tags, device=device).expand(batch_size, -1)
-            backpointers = []
-            for position in range(1, length):
-                best, best_previous = (score.unsqueeze(2) + transitions).max(dim=1)
-                keep = mask[:, position].unsqueeze(1)
-                score = torch.where(keep, best + emissions[:, position], score)
-                # Past a row's end the best tag is carried forward unchanged, so backtracking passes through.
-                backpointers.append(torch.where(keep, best_previous, identity))
-            best_score, current = (score + end).max(dim=1)
-            path = [current]
-            for pointers in reversed(backpointers):
-                current = pointers.gather(1, current.unsqueeze(1)).squeeze(1)
-                path.append(current)
-            path = torch.stack(path[::-1], dim=1)
-        tags = torch.where(mask, path, tags)
-        return tags, torch.where(lengths > 0, best_score, torch.zeros_like(best_score))
-
-    @torch.no_grad()
-    def decode_word_starts(self, logits: torch.Tensor, word_start_mask: torch.Tensor) -> torch.LongTensor:
-        """Token-level `logits [B, S, T]` -> tag ids `[B, S]`: Viterbi over the positions of `word_start_mask` (each
-        word's first sub-token), -100 elsewhere. The one decoding of every backend (torch head, ONNX, OpenVINO)."""
-        index, mask = compact_word_positions(word_start_mask.to(logits.device).bool())
-        tags, _ = self.viterbi_decode(gather_word_positions(logits, index), mask)
-        return scatter_word_tags(tags, index, mask, logits.shape[1])
-
-
-def crf_for_task(task: dict) -> LinearChainCRF:
-    """The CRF of a token task dict with `crf: true`: one tag per label, constrained to the valid paths of its
-    `tag_format` (BIO, BIOES; plain tags have none) unless `bio_constraints` is false."""
-    tag_format = task.get("tag_format", "BIO")
-    constrained = task.get("bio_constraints", True) and tag_format != "plain"
-    build = bioes_constraints if tag_format == "BIOES" else bio_constraints
-    constraints = build(task["labels"]) if constrained else (None, None)
-    return LinearChainCRF(len(task["labels"]), *constraints)
-
-
-def bio_constraints(labels: list) -> tuple:
-    """
-    `(allowed_transitions [T, T], allowed_starts [T])` bool masks for a BIO label list: `I-X` only after `B-X` or
-    `I-X` and never first; `O` and `B-*` anywhere. A label that is not `O`, `B-*` or `I-*` is unconstrained itself
-    (it may start and follow anything), though an `I-X` still cannot follow it. Built on the CPU explicitly so
-    that it also works inside the meta-device context `from_pretrained` builds models in.
-    """
-    num_tags = len(labels)
-    allowed_transitions = torch.ones(num_tags, num_tags, dtype=torch.bool, device="cpu")
-    allowed_starts = torch.ones(num_tags, dtype=torch.bool, device="cpu")
-    for to_index, label in enumerate(labels):
-        if not (isinstance(label, str) and label.startswith("I-")):
-            continue
-        entity = label[2:]
-        allowed_starts[to_index] = False
-        for from_index, previous in enumerate(labels):
-            allowed_transitions[from_index, to_index] = previous in (f"B-{entity}", f"I-{entity}")
-    return allowed_transitions, allowed_starts
-
-
-def bioes_constraints(labels: list) -> tuple:
-    """
-    `(allowed_transitions [T, T], allowed_starts [T])` bool masks for a BIOES label list: after `B-X` or `I-X` only
-    `I-X` or `E-X`; after `E-X`, `S-X`, `O` (or a label of another shape) anything but `I-*` and `E-*`; a path
-    starts with `B-*`, `S-*` or `O`. No end constraint: a pipeline window may end inside an entity. Built on the
-    CPU as `bio_constraints` is.
-    """
-    parts = [
-        (label[0], label[2:]) if isinstance(label, str) and label[:2] in ("B-", "I-", "E-", "S-") else ("", label)
-        for label in labels
-    ]
-    inside = [prefix in ("I", "E") for prefix, _ in parts]
-    allowed_starts = torch.tensor([not flag for flag in inside], dtype=torch.bool, device="cpu").reshape(len(labels))
-    allowed_transitions = torch.zeros(len(labels), len(labels), dtype=torch.bool, device="cpu")
-    for from_index, (from_prefix, from_type) in enumerate(parts):
-        for to_index, (_, to_type) in enumerate(parts):
-            if from_prefix in ("B", "I"):
-                allowed_transitions[from_index, to_index] = inside[to_index] and to_type == from_type
-            else:
-                allowed_transitions[from_index, to_index] = not inside[to_index]
-    return allowed_transitions, allowed_starts
-
-
-def compact_word_positions(word_start_mask: torch.BoolTensor) -> tuple:
-    """
-    `(index [B, Lw] long, mask [B, Lw] bool)`: row b's word-start (first subtoken) positions, in order and
-    left-aligned, `Lw` the most words in a row; padding entries of `index` are 0 and masked out. Turn token-level
-    values into word-level ones with `gather_word_positions`, and decoded word tags back with `scatter_word_tags`.
-    """
-    word_start_mask = word_start_mask.bool()
-    counts = word_start_mask.sum(dim=1)
-    num_words = int(counts.max()) if word_start_mask.numel() else 0
-    # A stable sort on "not a word start" puts each row's word starts first, in their order.
-    order = torch.sort((~word_start_mask).to(torch.uint8), dim=1, stable=True).indices[:, :num_words]
-    mask = torch.arange(num_words, device=word_start_mask.device) < counts.unsqueeze(1)
-    return order.masked_fill(~mask, 0), mask
-
-
-def gather_word_positions(values: torch.Tensor, index: torch.LongTensor) -> torch.Tensor:
-    """Token-level `values [B, S]` or `[B, S, T]` -> word-level `[B, Lw]` / `[B, Lw, T]` at `index`."""
-    if values.dim() == 2:
-        return values.gather(1, index)
-    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
-
-
-def scatter_word_tags(
-    word_tags: torch.LongTensor, index: torch.LongTensor, mask: torch.BoolTensor, sequence_length: int
-) -> torch.LongTensor:
-    """Word-level `word_tags [B, Lw]` back at their token positions `[B, sequence_length]`, -100 elsewhere: the
-    shape of an argmax over token logits."""
-    batch_size = word_tags.shape[0]
-    tokens = torch.full((batch_size, sequence_length + 1), -100, dtype=torch.long, device=word_tags.device)
-    # Masked-out entries go to a spare last column, so they can never overwrite a real position.
-    target = index.masked_fill(~mask, sequence_length)
-    tokens.scatter_(1, target, word_tags.long().masked_fill(~mask, -100))
-    return tokens[:, :sequence_length]
-
-
-class TaskHead(nn.Module):
-    """
-    Dropout + linear layer over the pooled sentence vector (sentence tasks) or every token state (token tasks); each
-    kind of task adds its loss and what "no label" looks like. `loss` is exactly 0 when no row has a label, so a
-    task of another data set in a mixed batch adds nothing.
-    """
-
-    reads_tokens = False
-
-    def __init__(self, task: dict, hidden_size: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, task_num_outputs(task))
-
-    def forward(self, token_states, pooled):
-        features = self.dropout(token_states if self.reads_tokens else pooled)
-        # The last layer in the weights' own dtype (float32) whatever the autocast context: bf16 autocast would round
-        # every logit and regression score to 8 bits of mantissa (3.0282 -> 3.03125); it is one small matrix
-        # product. Called as a module, so engines that gather parameters in forward hooks (ZeRO-3) still see them.
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            return self.classifier(features.to(self.classifier.weight.dtype))
-
-    def labelled_rows(self, labels):
-        """`[batch]` bool: which rows carry a label for this task (-100 = none)."""
-        return labels != -100
-
-    def loss(self, logits, labels, **kwargs):
-        raise NotImplementedError
-
-    def unlabelled_loss(self, logits):
-        """Exactly 0, with every parameter of the head in the graph (a zero gradient), for a batch without labels."""
-        return logits.sum() * 0.0
-
-    def decode(self, logits, word_start_mask=None):
-        """The head's predictions as `forward(...).predictions` gives them in evaluation: None (the logits say all)."""
-        return None
-
-
-class SingleLabelClassificationHead(TaskHead):
-    """One class per sentence: class-weighted cross-entropy, averaged over the labelled rows (by their weights)."""
-
-    def __init__(self, task: dict, hidden_size: int, dropout: float):
-        super().__init__(task, hidden_size, dropout)
-        # A plain list read from the config, not a buffer: the config stays the one source of truth, and
-        # from_pretrained leaves non-persistent buffers uninitialised.
-        self.class_weights = task.get("class_weights")
-
-    def loss(self, logits, labels, label_smoothing=0.0, **kwargs):
-        num_labels = logits.shape[-1]
-        flat_logits = logits.reshape(-1, num_labels).float()
-        flat_labels = labels.reshape(-1).to(flat_logits.device)
-        weights = None if self.class_weights is None else flat_logits.new_tensor(self.class_weights)
-        per_item = F.cross_entropy(flat_logits, flat_labels, weight=weights, ignore_index=-100, reduction="none",
-                                   label_smoothing=label_smoothing)
-        kept = flat_labels != -100
-        if weights is not None:
-            denominator = weights[flat_labels.clamp(min=0)].mul(kept).sum()
-        else:
-            denominator = kept.sum().to(per_item.dtype)
-        return per_item.sum() / denominator.clamp(min=1e-9)
-
-
-class TokenClassificationHead(SingleLabelClassificationHead):
-    """
-    One tag per word, predicted at its first sub-token (-100 on sub-tokens that carry no word label): the same
-    weighted cross-entropy per token, or with `crf` a linear-chain CRF over the words' emission scores (the logits
-    at each word's first sub-token, compacted per row), trained by its negative log-likelihood per word and decoded
-    by Viterbi. `bio_constraints` (on by default) forbids the paths its `tag_format` cannot take: `I-X` except after
-    `B-X` / `I-X` (BIO; BIOES also `E-X`, and nothing but `I-X`/`E-X` after `B-X`/`I-X`); plain tags have none.
-
-    Word positions come from `word_start_mask` (1 at every word's first sub-token, as the collator gives it), or
-    without one from the labels (their non-ignored positions: first-sub-token labelling).
-    """
-
-    reads_tokens = True
-
-    def __init__(self, task: dict, hidden_size: int, dropout: float):
-        super().__init__(task, hidden_size, dropout)
-        self.crf = crf_for_task(task) if task.get("crf") else None
-
-    def labelled_rows(self, labels):
-        return (labels != -100).any(dim=-1)
-
-    def loss(self, logits, labels, word_start_mask=None, label_smoothing=0.0, **kwargs):
-        if self.crf is None:
-            return super().loss(logits, labels, label_smoothing=label_smoothing)
-        labels = labels.to(logits.device)
-        starts = (labels != -100) if word_start_mask is None else word_start_mask.to(logits.device).bool()
-        index, mask = compact_word_positions(starts)
-        tags = gather_word_positions(labels, index)
-        # A row is scored when every word has a known tag (no label for this task, or a tag outside the label list
-        # in evaluation data, leaves the row out).
-        scored = mask.any(dim=-1) & ((tags != -100) | ~mask).all(dim=-1)
-        if not scored.any():
-            return self.unlabelled_loss(logits)
-        emissions = gather_word_positions(logits[scored], index[scored])
-        log_likelihood = self.crf.log_likelihood(emissions, tags[scored].clamp(min=0), mask[scored])
-        return -log_likelihood.sum() / mask[scored].sum()
-
-    def unlabelled_loss(self, logits):
-        loss = super().unlabelled_loss(logits)
-        # The CRF's scores stay in the graph too, so DDP sees a gradient (zero) for every parameter.
-        return loss if self.crf is None else loss + sum(parameter.sum() for parameter in self.crf.parameters()) * 0.0
-
-    def decode(self, logits, word_start_mask=None):
-        """With a CRF, predicted tag ids `[batch, seq]`: Viterbi over the word positions of `word_start_mask` (-100
-        elsewhere); else None (the argmax of the logits)."""
-        if self.crf is None or word_start_mask is None:
-            return None
-        return self.crf.decode_word_starts(logits, word_start_mask)
-
-
-class MultiLabelClassificationHead(TaskHead):
-    """
-    Any number of labels per sentence: one sigmoid per label, binary cross-entropy (optionally `pos_weight` per
-    label) averaged over the labelled rows and labels. Labels are multi-hot floats; a row of -100 has no label.
-    """
-
-    def __init__(self, task: dict, hidden_size: int, dropout: float):
-        super().__init__(task, hidden_size, dropout)
-        self.pos_weight = task.get("pos_weight")
-
-    def labelled_rows(self, labels):
-        return labels[..., 0] != -100
-
-    def loss(self, logits, labels, **kwargs):
-        kept = self.labelled_rows(labels)
-        if not kept.any():
-            return self.unlabelled_loss(logits)
-        predicted = logits[kept].float()
-        pos_weight = None if self.pos_weight is None else predicted.new_tensor(self.pos_weight)
-        targets = labels[kept].float().to(predicted.device)
-        return F.binary_cross_entropy_with_logits(predicted, targets, pos_weight=pos_weight)
-
-
-class RegressionHead(TaskHead):
-    """
-    One number per sentence, in the data's own units: the linear layer predicts the target standardised with the
-    train split's mean and standard deviation (kept in the config), and the loss is the mean squared error on that
-    standardised scale. NaN marks a row without a target.
-    """
-
-    def __init__(self, task: dict, hidden_size: int, dropout: float):
-        super().__init__(task, hidden_size, dropout)
-        self.target_mean = float(task.get("target_mean", 0.0))
-        self.target_std = float(task.get("target_std", 1.0))
-
-    def forward(self, token_states, pooled):
-        return super().forward(token_states, pooled) * self.target_std + self.target_mean
-
-    def labelled_rows(self, labels):
-        return ~torch.isnan(labels.reshape(labels.shape[0], -1)[:, 0])
-
-    def loss(self, logits, labels, **kwargs):
-        kept = self.labelled_rows(labels)
-        if not kept.any():
-            return self.unlabelled_loss(logits)
-        predicted = logits.reshape(-1)[kept].float()
-        targets = labels.reshape(-1)[kept].float().to(predicted.device)
-        return F.mse_loss((predicted - targets) / self.target_std, torch.zeros_like(predicted))
 
 
 # Attention implementations by the `_supports_*` flag of a transformers model class that enables them.
@@ -686,15 +248,6 @@ def saved_weights_description(name_or_path, load_kwargs: dict):
         return "damaged"
 
 
-# One head class per kind of task (`configuration_mtl.task_kind`).
-TASK_HEADS = {
-    "single_label_classification": SingleLabelClassificationHead,
-    "multi_label_classification": MultiLabelClassificationHead,
-    "regression": RegressionHead,
-    "token_classification": TokenClassificationHead,
-}
-
-
 class MultiTaskPreTrainedModel(PreTrainedModel):
     config: MultiTaskConfig
     config_class = MultiTaskConfig
@@ -761,7 +314,7 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             )
         self.pooling = MultiTaskPooling(config.pooling)
         self.heads = nn.ModuleDict(
-            {task["name"]: TASK_HEADS[task_kind(task)](task, hidden_size, dropout) for task in config.tasks}
+            {task["name"]: kind_of(task)(task, hidden_size, dropout) for task in config.tasks}
         )
         self.task_log_variances = (
             nn.Parameter(torch.zeros(len(config.tasks))) if config.loss_weighting == "uncertainty" else None
@@ -901,6 +454,10 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         pooled = self.pooling(outputs.last_hidden_state, attention_mask, getattr(outputs, "pooler_output", None))
         return outputs.last_hidden_state, pooled
 
+    def _pool(self, input_ids, attention_mask, token_type_ids):
+        """The pooled states of a second input of the rows (a bi-encoder's other tower), or None without one."""
+        return None if input_ids is None else self._encode(input_ids, attention_mask, token_type_ids, None)[1]
+
     def embed(self, input_ids=None, attention_mask=None, token_type_ids=None, normalize=None, inputs_embeds=None):
         """Pooled sentence embeddings `[batch, hidden]`; L2-normalised if `normalize` (default: the config's)."""
         _, pooled = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds)
@@ -915,6 +472,12 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         inputs_embeds=None,
         word_start_mask=None,
         label_smoothing: float = 0.0,
+        pair_input_ids=None,
+        pair_attention_mask=None,
+        pair_token_type_ids=None,
+        negative_input_ids=None,
+        negative_attention_mask=None,
+        negative_token_type_ids=None,
         **labels,
     ):
         r"""
@@ -928,9 +491,13 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             multi-label and regression losses do not smooth.
         labels (`<task name>_labels`, *optional*):
             Per task: `[batch]` class ids (single-label), `[batch, num_labels]` multi-hot floats (multi-label),
-            `[batch]` floats (regression) or `[batch, seq]` tag ids (token task). -100 (a row of -100 for
-            multi-label, NaN for regression) marks "no label"; a task whose labels are absent, or all missing, adds
+            `[batch]` floats (regression; a similarity task: the pair's score, or 1.0 for a positive pair) or
+            `[batch, seq]` tag ids (token task). -100 (a row of -100 for multi-label, NaN for regression and
+            similarity) marks "no label"; a task whose labels are absent, or all missing, adds
             exactly 0 to the loss.
+        pair_input_ids, pair_attention_mask, pair_token_type_ids (*optional*):
+            The second text of each row, encoded separately (a bi-encoder) for `sentence_similarity` heads; the
+            `negative_*` inputs likewise hold a hard negative per row. Pooled as `embed()` pools.
         """
         unknown = [key for key in labels if not key.endswith(LABELS_SUFFIX) or key[: -len(LABELS_SUFFIX)] not in self.heads]
         if unknown:
@@ -939,38 +506,45 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
                 f"label arguments are {[name + LABELS_SUFFIX for name in self.heads]}"
             )
         token_states, pooled = self._encode(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        towers = {"pair": self._pool(pair_input_ids, pair_attention_mask, pair_token_type_ids),
+                  "negative": self._pool(negative_input_ids, negative_attention_mask, negative_token_type_ids)}
 
         logits, task_losses, loss = {}, {}, None
         for index, (name, head) in enumerate(self.heads.items()):
             # Every head runs in every batch, so DDP never sees a parameter without a gradient.
-            logits[name] = head(token_states, pooled)
-            task_labels = labels.get(name + LABELS_SUFFIX)
-            if task_labels is None:
-                if not labels:
-                    continue
-                # Keeps this head in the graph (a zero gradient) when other tasks are labelled.
-                task_loss, has_labels = head.unlabelled_loss(logits[name]), False
-            else:
-                task_loss = head.loss(logits[name], task_labels, word_start_mask=word_start_mask,
-                                      label_smoothing=label_smoothing)
-                labelled = head.labelled_rows(task_labels)
-                has_labels = bool(labelled.any())
+            logits[name] = head(token_states, pooled, towers)
+            if not labels:
+                continue
+            task_loss, weighted = self._task_loss(index, name, logits[name], labels.get(name + LABELS_SUFFIX),
+                                                  word_start_mask=word_start_mask, label_smoothing=label_smoothing)
             task_losses[name] = task_loss.detach()
-            if self.config.loss_reduction == "per_row" and task_labels is not None:
-                # Scaled by the share of the batch's rows it labels (task_losses keep the task's own mean).
-                task_loss = task_loss * (labelled.sum() / labelled.numel()).to(task_loss.dtype)
-            if self.task_log_variances is not None:
-                # Kendall et al. 2018: exp(-s) L + s/2, with s = log(sigma^2) learned; absent tasks add nothing.
-                log_variance = self.task_log_variances[index]
-                weighted = torch.exp(-log_variance) * task_loss + (0.5 * log_variance if has_labels else 0.0 * log_variance)
-            else:
-                weighted = self.config.loss_weights.get(name, 1.0) * task_loss
             loss = weighted if loss is None else loss + weighted
 
         predictions = None
         if not self.training and word_start_mask is not None:
             predictions = self.decode(logits, word_start_mask) or None
         return MultiTaskOutput(loss=loss, logits=logits, task_losses=task_losses or None, predictions=predictions)
+
+    def _task_loss(self, index: int, name: str, logits, task_labels, **loss_kwargs) -> tuple:
+        """`(the task's own loss, its weighted share of the total)`; without labels exactly 0, with the head still in
+        the graph (a zero gradient) when other tasks are labelled."""
+        head = self.heads[name]
+        if task_labels is None:
+            task_loss, has_labels = head.unlabelled_loss(logits), False
+            weighted = task_loss
+        else:
+            task_loss = head.loss(logits, task_labels, **loss_kwargs)
+            labelled = head.labelled_rows(task_labels)
+            has_labels = bool(labelled.any())
+            weighted = task_loss
+            if self.config.loss_reduction == "per_row":
+                # Scaled by the share of the batch's rows it labels (task_losses keep the task's own mean).
+                weighted = task_loss * (labelled.sum() / labelled.numel()).to(task_loss.dtype)
+        if self.task_log_variances is None:
+            return task_loss, self.config.loss_weights.get(name, 1.0) * weighted
+        # Kendall et al. 2018: exp(-s) L + s/2, with s = log(sigma^2) learned; absent tasks add nothing.
+        log_variance = self.task_log_variances[index]
+        return task_loss, torch.exp(-log_variance) * weighted + (0.5 if has_labels else 0.0) * log_variance
 
     def decode(self, logits: dict, word_start_mask=None) -> dict:
         """
@@ -981,16 +555,4 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         return {name: predicted for name, predicted in decoded.items() if predicted is not None}
 
 
-__all__ = [
-    "LinearChainCRF",
-    "MultiTaskModel",
-    "MultiTaskOutput",
-    "MultiTaskPooling",
-    "MultiTaskPreTrainedModel",
-    "bio_constraints",
-    "bioes_constraints",
-    "compact_word_positions",
-    "crf_for_task",
-    "gather_word_positions",
-    "scatter_word_tags",
-]
+__all__ = ["MultiTaskModel", "MultiTaskOutput", "MultiTaskPooling", "MultiTaskPreTrainedModel"]

@@ -37,6 +37,7 @@ from .export import export_output
 from .loading import load_model_folder
 from .tasks import tasks_of_config
 from .pipeline_mtl import CRF_FILE, EMBEDDING_OUTPUT, LOGITS_OUTPUT_SUFFIX, ONNX_FILE, ONNX_INT8_FILE, import_backend
+from .task_kinds import kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ class GraphOutputs(torch.nn.Module):
         super().__init__()
         self.model = model
         self.input_names = list(input_names)
-        self.task_names = [task["name"] for task in model.config.tasks]
+        # A bi-encoder head's output is the sentence embedding itself (`EMBEDDING_OUTPUT`), not logits of its own.
+        self.task_names = [task["name"] for task in model.config.tasks if not kind_of(task).encodes_pair_separately]
         # The pooled vector of the same forward pass: one encoder run for every output.
         self._pooled = None
         model.pooling.register_forward_hook(self._keep_pooled)
@@ -90,7 +92,7 @@ def export_onnx(model_dir: str, output_dir: str, quantize: str | None = None) ->
     with torch.inference_mode():
         expected = [output.numpy() for output in graph(*probe.values())]
 
-    with output:  # written beside output_dir and renamed into place once complete (`hf_mtl.outputs.StagedOutput`)
+    with output:  # written beside output_dir and renamed into place once complete (`hf_mtl.atomic_files.StagedOutput`)
         staging = output.path
         traced = staging / f"traced_{ONNX_FILE}"  # before ONNX Runtime's fusions; the int8 fallback's input
         _export_graph(graph, probe, expected, traced, staging / ONNX_FILE)

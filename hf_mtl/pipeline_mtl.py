@@ -20,14 +20,15 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, Pipeline
 from transformers.utils import cached_file, logging
 
-from .configuration_mtl import MultiTaskConfig, encoder_max_positions, task_kind
-from .modeling_mtl import crf_for_task
+from .configuration_mtl import MultiTaskConfig
+from .task_kinds import kind_of, task_kind
+from .crf import crf_for_task
+from .precision import cpu_has_native_bf16
+from .tokenizer_checks import check_tokenizer, max_input_length
 
 logger = logging.get_logger(__name__)
 
 PIPELINE_TASK = "multi-task"
-# "0" or "1" overrides what this CPU is taken to be, so either precision path runs on any machine (README, tests).
-NATIVE_BF16_ENV = "HF_MTL_NATIVE_BF16"
 # The fastest measured on native-bf16 CPUs, and as fast as smaller batches on AVX2 (BENCHMARKS.md, speed).
 DEFAULT_BATCH_SIZE = 64
 # What `hf-mtl export-onnx` writes and the exported backends read: the graph files and its output names.
@@ -258,7 +259,7 @@ class ExportedMultiTaskModel:
         self.file_name = file_name or ONNX_FILE
         self.config = MultiTaskConfig.from_pretrained(self.name_or_path)
         self.path = cached_file(self.name_or_path, self.file_name)
-        self.task_names = [task["name"] for task in self.config.tasks]
+        self.task_names = [task["name"] for task in self.config.tasks if not kind_of(task).encodes_pair_separately]
         self.crfs = self._load_crfs()
 
     def _load_crfs(self) -> dict:
@@ -389,35 +390,6 @@ class _Example:
     word_spans: list
     chunks: list
     text_pair: str | None = None
-
-
-def single_label_output(task: dict, logits) -> dict:
-    probabilities = _softmax(logits)
-    best = int(probabilities.argmax())
-    return {"label": task["labels"][best], "score": float(probabilities[best])}
-
-
-def multi_label_output(task: dict, logits) -> list:
-    """The labels whose sigmoid clears the task's threshold, best first (the best one alone if none does and the
-    task has `always_top_label`)."""
-    probabilities = 1.0 / (1.0 + np.exp(-logits))
-    order = np.argsort(-probabilities, kind="stable")
-    chosen = [index for index in order if probabilities[index] >= task.get("threshold", 0.5)]
-    if not chosen and task.get("always_top_label"):
-        chosen = order[:1]
-    return [{"label": task["labels"][index], "score": float(probabilities[index])} for index in chosen]
-
-
-def regression_output(task: dict, logits) -> dict:
-    return {"score": float(logits[0])}
-
-
-# What a sentence task returns per input, by kind (`configuration_mtl.task_kind`); token tasks return entity spans.
-SENTENCE_OUTPUTS = {
-    "single_label_classification": single_label_output,
-    "multi_label_classification": multi_label_output,
-    "regression": regression_output,
-}
 
 
 class MultiTaskPipeline(Pipeline):
@@ -577,7 +549,21 @@ class MultiTaskPipeline(Pipeline):
             self._attach_predictions([chunks[index] for index in indices], self.forward(model_inputs, **forward_params))
 
         outputs = [self.postprocess(example, **postprocess_params) for example in examples]
+        self.score_pairs(outputs, batch_size, forward_params.get("bf16"))
         return outputs[0] if single else outputs
+
+    def score_pairs(self, outputs, batch_size=None, bf16=None):
+        """Add each bi-encoder task's score to the outputs of pair inputs (as `postprocess` gives them, with `text` and
+        `text_pair`): the cosine of the two texts' own embeddings. Outputs of single texts get no such score."""
+        tasks = [task for task in self.tasks if kind_of(task).encodes_pair_separately]
+        paired = [output for output in outputs if output.get("text_pair") is not None]
+        if not tasks or not paired:
+            return
+        firsts = self.embed([output["text"] for output in paired], normalize=False, batch_size=batch_size, bf16=bf16)
+        seconds = self.embed([output["text_pair"] for output in paired], normalize=False, batch_size=batch_size, bf16=bf16)
+        for output, first, second in zip(paired, firsts, seconds):
+            for task in tasks:
+                output[task["name"]] = kind_of(task).pipeline_output(task, np.stack([first, second]))
 
     def _attach_predictions(self, batch_chunks, logits):
         """
@@ -587,8 +573,10 @@ class MultiTaskPipeline(Pipeline):
         rows = [row for row, chunk in enumerate(batch_chunks) for _ in chunk.token_positions]
         positions = [position for chunk in batch_chunks for position in chunk.token_positions]
         for task in self.tasks:
+            if kind_of(task).encodes_pair_separately:
+                continue  # scored from the pair's own embeddings (`score_pairs`)
             name = task["name"]
-            if task["kind"] in SENTENCE_OUTPUTS:
+            if not kind_of(task).reads_tokens:
                 for chunk, values in zip(batch_chunks, logits[name].numpy()):
                     chunk.logits[name] = values
                 continue
@@ -747,10 +735,12 @@ class MultiTaskPipeline(Pipeline):
         tags = {}
         for task in self.tasks:
             name = task["name"]
-            if task["kind"] in SENTENCE_OUTPUTS:
+            if kind_of(task).encodes_pair_separately:
+                continue  # scored from the pair's own embeddings (`score_pairs`)
+            if not kind_of(task).reads_tokens:
                 chunk_logits = [chunk.logits[name] for chunk in example.chunks]
                 logits = chunk_logits[0] if len(chunk_logits) == 1 else np.mean(chunk_logits, axis=0)
-                output[name] = SENTENCE_OUTPUTS[task["kind"]](task, logits)
+                output[name] = kind_of(task).pipeline_output(task, logits)
                 continue
             labels, tag_format = task["labels"], task.get("tag_format", "BIO")
             # A word the tokenizer gave no token: outside any entity, or (plain tags) no tag.
@@ -824,57 +814,16 @@ class MultiTaskPipeline(Pipeline):
         return self.backend.uses_bf16(bf16)
 
 
-def cpu_has_native_bf16() -> bool:
-    """
-    Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it bf16 is emulated and many times
-    slower than float32, so the pipeline's bf16 default and `bf16: true` training follow this answer.
-    `HF_MTL_NATIVE_BF16=0` / `=1` overrides it, to run the other kind of CPU's precision path on any machine.
-    """
-    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    if forced:
-        raise ValueError(f"{NATIVE_BF16_ENV}={forced!r}: use 0 (behave as a CPU without native bf16) or 1 (with it)")
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def check_tokenizer(tokenizer, encoder_config) -> None:
-    """
-    Raise a `ValueError` when `tokenizer` cannot be the encoder's: not a fast tokenizer (character offsets give the
-    entity spans and word alignment), more tokens than the encoder has embeddings, or fewer than half of them, which is
-    what transformers builds from a folder without `tokenizer.json` (5 special tokens: every word becomes `[UNK]`).
-    """
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
-            f"the tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; hf_mtl needs its character offsets: "
-            "the folder needs a tokenizer.json"
-        )
-    vocab_size, size = getattr(encoder_config, "vocab_size", None), len(tokenizer)
-    if vocab_size and not vocab_size // 2 <= size <= vocab_size:
-        cause = "tokenizer.json is missing or" if size < vocab_size else "it"
-        raise ValueError(
-            f"the tokenizer has {size:,} tokens but the encoder's embeddings have {vocab_size:,}: {cause} belongs to "
-            "another model (save the training tokenizer next to the weights)"
-        )
-
-
-def max_input_length(config, tokenizer) -> int:
-    """Most tokens one forward pass reads: the tokenizer's limit, capped by the encoder's position embeddings."""
-    positions = encoder_max_positions(config.encoder)
-    return min(tokenizer.model_max_length, positions) if positions else tokenizer.model_max_length
-
-
-def _softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 def add_pipeline_to_folder(folder) -> None:
     """
-    Make a saved model folder serve `transformers.pipeline(model=folder, trust_remote_code=True)`: copy this file next
-    to the model files and declare it under `custom_pipelines` in the folder's `config.json`.
+    Make a saved model folder serve `transformers.pipeline(model=folder, trust_remote_code=True)`: copy this file and
+    the package modules it imports next to the model files and declare it under `custom_pipelines` in the folder's
+    `config.json`.
     """
-    shutil.copyfile(__file__, os.path.join(folder, "pipeline_mtl.py"))
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    for path in (__file__, *get_relative_import_files(__file__)):
+        shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
     config_file = os.path.join(folder, "config.json")
     with open(config_file, encoding="utf-8") as reader:
         config = json.load(reader)
@@ -891,9 +840,6 @@ __all__ = [
     "OnnxRuntimeModel",
     "OpenVINOModel",
     "add_pipeline_to_folder",
-    "check_tokenizer",
-    "cpu_has_native_bf16",
     "entities_from_tags",
-    "max_input_length",
     "split_words",
 ]

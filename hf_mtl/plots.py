@@ -10,6 +10,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from .tasks.base import ConfusionMatrix, PerLabelF1, PredictedVsGold
+
 # `eval_<task>_<metric>` keys in [0, 1] of the metrics `build_compute_metrics` returns (eval_loss, runtime and mse
 # are not on that scale).
 EVAL_METRIC_SUFFIXES = ("_accuracy", "_f1", "_precision", "_recall", "_pearson", "_spearman")
@@ -35,8 +37,10 @@ def write_plots(output_dir, tasks=None, decoded=None, split_name: str = "eval", 
     ]
     for task in tasks or []:
         examples = [example for example in decoded or [] if task.name in example]
-        if examples:
-            paths.append(task.plot(examples, plots_dir, split_name))
+        figure = task.figure(examples) if examples else None
+        if figure is not None:
+            path = plots_dir / f"{figure.file_stem}_{task.name}.png"
+            paths.append(FIGURE_PLOTTERS[type(figure)](figure, path, f"{task.name}: {figure.caption} ({split_name})"))
     return [path for path in paths if path is not None]
 
 
@@ -105,8 +109,9 @@ def plot_eval_metrics(log_history: list, path) -> Path | None:
     return _save(figure, Path(path))
 
 
-def plot_confusion_matrix(labels: list, counts: list, path, title: str) -> Path:
+def plot_confusion_matrix(matrix: ConfusionMatrix, path, title: str) -> Path:
     """Heat map of a confusion matrix (rows gold, columns predicted) with the counts written in."""
+    labels, counts = matrix.labels, matrix.counts
     side = max(4.0, 0.6 * len(labels) + 2.5)
     figure = Figure(figsize=(side + 1, side))
     axes = figure.add_subplot()
@@ -122,8 +127,9 @@ def plot_confusion_matrix(labels: list, counts: list, path, title: str) -> Path:
     return _save(figure, Path(path))
 
 
-def plot_per_label_f1(labels: list, f1: list, support: list, path, title: str) -> Path:
+def plot_per_label_f1(scores: PerLabelF1, path, title: str) -> Path:
     """Horizontal bars of each label's F1, with its gold support written beside the bar."""
+    labels, f1, support = scores.labels, scores.f1, scores.support
     figure = Figure(figsize=(8, max(3.0, 0.35 * len(labels) + 1.5)))
     axes = figure.add_subplot()
     axes.barh(range(len(labels)), f1, color="tab:blue")
@@ -136,8 +142,9 @@ def plot_per_label_f1(labels: list, f1: list, support: list, path, title: str) -
     return _save(figure, Path(path))
 
 
-def plot_regression(gold: list, predicted: list, path, title: str) -> Path:
+def plot_regression(points: PredictedVsGold, path, title: str) -> Path:
     """Predicted against gold values, with the diagonal where they would be equal."""
+    gold, predicted = points.gold, points.predicted
     figure = Figure(figsize=(6, 6))
     axes = figure.add_subplot()
     axes.scatter(gold, predicted, s=8, alpha=0.5)
@@ -147,6 +154,10 @@ def plot_regression(gold: list, predicted: list, path, title: str) -> Path:
     axes.grid(alpha=0.3)
     axes.legend()
     return _save(figure, Path(path))
+
+
+# How each kind of task figure (`Task.figure`) is drawn.
+FIGURE_PLOTTERS = {ConfusionMatrix: plot_confusion_matrix, PerLabelF1: plot_per_label_f1, PredictedVsGold: plot_regression}
 
 
 __all__ = [

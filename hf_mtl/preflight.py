@@ -7,8 +7,9 @@ Two passes, both raising one `ConfigError` that names the config file or the key
   defaults, which argparse neither type-checks (unless they are strings) nor compares with `choices`.
 - `check_run_settings(...)` on the parsed arguments: the ranges of every number hf_mtl and the Trainer rely on
   (positive finite learning rates, batch sizes and accumulation steps of at least 1, probabilities in [0, 1), ...),
-  the structured keys (`loss_weights`, `unfreeze_schedule`, `metric_for_best_model`), the `datasets` and `tasks` blocks,
-  and the output folder (`outputs.StagedOutput.check`).
+  the structured keys (`loss_weights`, `unfreeze_schedule`, `metric_for_best_model`), the `datasets` and `tasks` blocks.
+  It returns the parsed tasks, which the run resolves and trains (`prepare_datasets`); `train.preflight` then checks
+  the output folder (`atomic_files.StagedOutput.check`).
 """
 
 import math
@@ -18,9 +19,10 @@ from enum import Enum
 
 from .configuration_mtl import SETTING_CHOICES, check_setting_choices
 from .data.prepare import check_run_arguments
-from .data.sampling import sampling_probabilities
+from .data.sampling import check_sampling_settings
 from .data.specs import check_dataset_specs, parse_tasks
 from .errors import ConfigError
+from .freezing import UNFREEZE_KEYS, unfreeze_interval_key
 
 # (dataclass, attribute, rule); a rule is (kind, low, low_inclusive, high, high_inclusive), None = no bound there.
 # `None` values are always allowed where the field is optional (its type check already ran).
@@ -69,7 +71,6 @@ NUMERIC_RULES = {
 # Fields whose JSON may hold more than argparse can parse from a command line.
 # `"lora": true` takes the defaults; `"resume_from_checkpoint": true` the newest intact checkpoint of output_dir.
 JSON_TYPES = {"lora": dict | bool | None, "resume_from_checkpoint": str | bool | None}
-UNFREEZE_KEYS = ("start_frozen_layers", "unfreeze_every_steps", "unfreeze_every_epochs")
 
 
 # ---- pass 1: the JSON values' types ---------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def check_run_settings(model_args, data_args, training_args) -> list:
     check_dataset_specs(data_args.datasets)
     tasks = parse_tasks(data_args.tasks, data_args.datasets)
     check_run_arguments(data_args.max_seq_length, data_args.validation_split_percentage, ("train",))
-    sampling_probabilities({"check": 1}, data_args.task_sampling, data_args.sampling_temperature)
+    check_sampling_settings(data_args.task_sampling, data_args.sampling_temperature)
     for arguments, rules in zip((model_args, data_args, training_args), NUMERIC_RULES.values()):
         for key, rule in rules.items():
             if hasattr(arguments, key) and not (key == "num_train_epochs" and training_args.max_steps > 0):
@@ -165,7 +166,18 @@ def check_run_settings(model_args, data_args, training_args) -> list:
     check_loss_weights(model_args.loss_weights, [task.name for task in tasks])
     check_unfreeze_schedule(training_args.unfreeze_schedule)
     check_best_metric(training_args, tasks)
+    check_in_batch_negatives(tasks, training_args.per_device_train_batch_size)
     return tasks
+
+
+def check_in_batch_negatives(tasks, batch_size) -> None:
+    """`multiple_negatives_ranking` scores each text's pair against the batch's other pairs: a batch of one has none."""
+    for index, task in enumerate(tasks):
+        if getattr(task, "loss_name", None) == "multiple_negatives_ranking" and batch_size < 2:
+            raise ConfigError(
+                f"tasks[{index}].loss: multiple_negatives_ranking takes the other rows of a batch as negatives, and "
+                f"per_device_train_batch_size is {batch_size}; use 2 or more (16-64 is usual)"
+            )
 
 
 def check_number(key, value, kind, low, low_inclusive, high, high_inclusive):
@@ -207,7 +219,7 @@ def check_reporting(report_to):
         if name not in INTEGRATION_TO_CALLBACK:
             raise ConfigError(f"report_to: {name!r} is not one of none, all, {', '.join(INTEGRATION_TO_CALLBACK)}")
         # The shipped configs log to TensorBoard, which a plain install lacks: that run goes on without it, with one
-        # warning (`scale.drop_missing_reporters`); any other integration it cannot load is an error.
+        # warning (`machine.drop_missing_reporters`); any other integration it cannot load is an error.
         if name != "tensorboard" and name not in get_available_reporting_integrations():
             raise ConfigError(f"report_to: {name!r} is not installed here (pip install {name}), or set report_to none")
 
@@ -236,11 +248,9 @@ def check_unfreeze_schedule(schedule):
     if "start_frozen_layers" not in schedule:
         raise ConfigError("unfreeze_schedule.start_frozen_layers: required (how many layers start frozen)")
     check_number("unfreeze_schedule.start_frozen_layers", schedule["start_frozen_layers"], *AT_LEAST_ONE)
-    given = [key for key in UNFREEZE_KEYS[1:] if key in schedule]
-    if len(given) != 1:
-        raise ConfigError("unfreeze_schedule: give exactly one of unfreeze_every_steps and unfreeze_every_epochs")
-    check_number(f"unfreeze_schedule.{given[0]}", schedule[given[0]],
-                 *(AT_LEAST_ONE if given[0] == "unfreeze_every_steps" else POSITIVE))
+    interval = unfreeze_interval_key(schedule)
+    check_number(f"unfreeze_schedule.{interval}", schedule[interval],
+                 *(AT_LEAST_ONE if interval == "unfreeze_every_steps" else POSITIVE))
 
 
 def check_best_metric(training_args, tasks):

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from .evaluation import compute_task_results, flatten_task_results, unseen_gold_labels
+from .tasks.base import Table, Total
 
 
 def write_predictions_jsonl(path, decoded: list) -> Path:
@@ -62,7 +63,7 @@ def render_report(split_name: str, tasks, decoded: list, unseen_labels: dict | N
         if not examples:
             lines.append("No example of this split has gold labels for this task.")
         else:
-            lines += task.report_section(results[task.name], examples)
+            lines += markdown_blocks(task.report_section(results[task.name], examples))
         if task.labels is None:
             continue
         lines += ["", "### Labels unseen in training", ""]
@@ -74,13 +75,25 @@ def render_report(split_name: str, tasks, decoded: list, unseen_labels: dict | N
     return "\n".join(lines) + "\n"
 
 
-def class_order(labels, gold_labels) -> list:
-    """Row/column order of a classification task's tables: the model's labels, then gold labels it does not know."""
-    return list(labels) + sorted(set(gold_labels) - set(labels))
+def markdown_blocks(blocks: list) -> list:
+    """A task's report section (paragraphs and `Table`s) as Markdown lines, a blank line between blocks."""
+    lines = []
+    for block in blocks:
+        if lines:
+            lines.append("")
+        if isinstance(block, Table):
+            lines += markdown_table([text_cell(cell) for cell in block.header], [list(map(markdown_cell, row)) for row in block.rows])
+        else:
+            lines.append(block)
+    return lines
 
 
-def markdown_scores(scores: dict, prefix: str = "") -> list:
-    return [markdown_number(scores[prefix + key]) for key in ("precision", "recall", "f1")]
+def markdown_cell(value) -> str:
+    if isinstance(value, Total):
+        return f"**{value}**"
+    if isinstance(value, float):
+        return markdown_number(value)
+    return text_cell(value)
 
 
 def markdown_number(value: float) -> str:

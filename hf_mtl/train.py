@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import fnmatch
 import glob
+import inspect
 import json
 import logging
 import os
@@ -25,33 +26,25 @@ from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_se
 
 from .configuration_mtl import MultiTaskConfig, encoder_max_positions
 from .data import MultiTaskCollator, prepare_datasets
-from .errors import ConfigError, HfMtlError, ModelError
+from .data.sampling import TaskSampling
+from .errors import ConfigError, HfMtlError, ModelError, print_error
 from .evaluation import build_compute_metrics, build_preprocess_logits_for_metrics, decode_predictions
 from .hub import check_hub_access, push_folder_to_hub
+from .json_files import read_json_file
 from .loading import load_multitask_model, load_tokenizer, looks_like_a_path, verify_model_folder
 from .lora import LoraSettings, add_lora
 from .model_card import write_model_card
 from .modeling_mtl import MultiTaskModel, check_attention_choice, resolve_packaged_model
-from .outputs import StagedOutput
+from .atomic_files import StagedOutput
 from .pipeline_mtl import add_pipeline_to_folder
 from .preflight import check_config_values, check_run_settings
 from .plots import write_plots
 from .reports import write_predictions_jsonl, write_report
-from .scale import adapt_to_machine, machine_defaults, whole_weights_at_load
-from .training import (
-    GradualUnfreezingCallback,
-    InterruptCallback,
-    MultiTaskTrainer,
-    TrainingInterrupted,
-    apply_freezing,
-    check_resume_folder,
-    check_resume_matches,
-    checkpoint_folders,
-    encoder_layers,
-    last_complete_checkpoint,
-    parameter_summary,
-    run_record,
-)
+from .checkpoints import check_resume_folder, check_resume_matches, checkpoint_folders, last_complete_checkpoint, run_record
+from .distributed import whole_weights_at_load
+from .freezing import GradualUnfreezingCallback, apply_freezing, encoder_layers, parameter_summary
+from .machine import adapt_to_machine, machine_defaults
+from .trainer import InterruptCallback, MultiTaskTrainer, TrainingInterrupted
 
 logger = logging.getLogger("hf_mtl.train")
 
@@ -130,7 +123,10 @@ class DataArguments:
     datasets: dict | str | None = field(default=None, metadata={"help": "Data set name -> {path, format, splits, ...}."})
     tasks: list | str | None = field(default=None, metadata={"help": "List of {name, type, dataset, ...}."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
-    task_sampling: str = field(default="proportional", metadata={"help": "proportional, temperature or uniform."})
+    task_sampling: TaskSampling = field(
+        default=TaskSampling.PROPORTIONAL,
+        metadata={"help": "Share of each data set in a mixed epoch: proportional, temperature or uniform."},
+    )
     sampling_temperature: float = field(default=2.0, metadata={"help": "T of temperature sampling: p ∝ n^(1/T)."})
     label_all_tokens: bool = field(default=False, metadata={"help": "Label every subtoken (B- becomes I-)."})
     validation_split_percentage: float = field(default=5, metadata={"help": "Carved from train if no validation."})
@@ -141,6 +137,7 @@ class DataArguments:
 
     def __post_init__(self):
         parse_json_fields(self, "datasets", "tasks")
+        self.task_sampling = TaskSampling.parse(self.task_sampling)
         if not self.datasets:
             raise ConfigError("datasets: the config declares no data set")
         if not self.tasks:
@@ -177,7 +174,7 @@ def parse_arguments(argv):
     if unknown:
         raise ConfigError(f"{config_path}: unknown config keys {unknown}")
     check_config_values(values, parser, config_path)
-    values = machine_defaults(values, overrides)  # scale: no GPU -> use_cpu; bf16 only where the GPU has it
+    values = machine_defaults(values, overrides)  # no GPU -> use_cpu; bf16 only where the GPU has it
     # JSON values become argparse defaults, so command-line `--key value` wins and required keys may come from either.
     parser.set_defaults(**values)
     for action in parser._actions:
@@ -200,26 +197,7 @@ def parse_arguments(argv):
 
 def read_config_file(config_path) -> dict:
     """The run config as a dict; a missing, unreadable, non-UTF-8 or malformed file is one `ConfigError` naming it."""
-    try:
-        with open(config_path, "rb") as config_file:
-            raw = config_file.read()
-    except FileNotFoundError:
-        raise ConfigError(f"{config_path}: no such config file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{config_path}: is a folder, not a config file") from None
-    except OSError as error:
-        raise ConfigError(f"{config_path}: cannot be read ({error.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")  # a byte order mark (Windows editors) is fine
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{config_path}:{line}: not UTF-8 text (byte {raw[error.start]:#04x}); save the config as UTF-8"
-        ) from None
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{config_path}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
+    values = read_json_file(config_path, what="config file")
     if not isinstance(values, dict):
         raise ConfigError(f"{config_path}: the config must be a JSON object")
     return values
@@ -296,21 +274,24 @@ def trained_config(model_path: str):
     config_file = os.path.join(model_path, "config.json")
     if not os.path.isfile(config_file):
         return None
-    with open(config_file, encoding="utf-8") as handle:
-        if json.load(handle).get("model_type") != MultiTaskConfig.model_type:
-            return None
+    values = read_json_file(config_file, what="model config", error=ModelError)
+    if not isinstance(values, dict) or values.get("model_type") != MultiTaskConfig.model_type:
+        return None
     return MultiTaskConfig.from_pretrained(model_path)
 
 
-# Model settings a run does not set: a new model gets these, a trained model keeps its own.
-MODEL_SETTING_DEFAULTS = {"pooling": "mean", "normalize_embeddings": False, "classifier_dropout": None,
-                          "loss_weights": None, "loss_weighting": "static",
-                          "loss_reduction": "per_task"}
+def model_setting_defaults() -> dict:
+    """The model settings a run may set (the `ModelArguments` that are `MultiTaskConfig` arguments) with the config's
+    own defaults: what a new model gets for a setting the run leaves unset."""
+    parameters = inspect.signature(MultiTaskConfig.__init__).parameters
+    return {field.name: parameters[field.name].default for field in dataclasses.fields(ModelArguments)
+            if field.name in parameters}
 
 
 def model_settings(model_args, previous_config) -> dict:
+    """Each model setting: the run's value, else the trained model's, else `MultiTaskConfig`'s default."""
     settings = {}
-    for key, default in MODEL_SETTING_DEFAULTS.items():
+    for key, default in model_setting_defaults().items():
         value = getattr(model_args, key)
         settings[key] = value if value is not None else getattr(previous_config, key, default)
     return settings
@@ -358,6 +339,7 @@ def main(argv=None):
     """The run, step by step in `run_ner.py`'s order; each step is a function below."""
     argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, training_args = parse_arguments(argv)
+    parsed_tasks = check_run_settings(model_args, data_args, training_args)  # every setting, before any read
     output = preflight(argv[0], model_args, data_args, training_args)
     setup_logging(training_args)
     set_seed(training_args.seed)
@@ -366,7 +348,7 @@ def main(argv=None):
     try:
         with output:  # output_dir locked; after an error it is as it was, plus this run's checkpoints (resumable)
             model_path, encoder_config, tokenizer, previous_config = load_encoder_and_tokenizer(model_args, data_args)
-            tasks, data = load_data(data_args, training_args, tokenizer, previous_config)
+            tasks, data = load_data(data_args, training_args, tokenizer, parsed_tasks, previous_config)
             train_dataset, eval_dataset, test_dataset, train_mixture = limit_samples(data, data_args)
 
             with whole_weights_at_load(training_args):  # DeepSpeed ZeRO-3 shards at training start, not at load
@@ -397,6 +379,8 @@ def main(argv=None):
                                    token=training_args.hub_token)
             if "test" in decoded:
                 print_test_metrics(results, tasks)
+            if training_args.do_train:
+                print_next_steps(training_args.output_dir)
         return results
     except KeyboardInterrupt:  # a Ctrl-C outside training (where it stops at the step's end: `train`)
         raise TrainingInterrupted(
@@ -406,8 +390,8 @@ def main(argv=None):
 
 
 def preflight(config_path, model_args, data_args, training_args) -> StagedOutput:
-    """Every setting checked before anything is read or written (`hf_mtl.preflight`); the run's output folder."""
-    check_run_settings(model_args, data_args, training_args)
+    """What the run needs of the outside, checked before anything is read or written (the settings themselves are
+    checked first, by `hf_mtl.preflight.check_run_settings`): Hub access, and the run's output folder."""
     if training_args.push_to_hub and training_args.process_index == 0:  # only the main process pushes, at the end
         check_hub_access(training_args.hub_token)
     output = StagedOutput(
@@ -490,13 +474,14 @@ def load_encoder_and_tokenizer(model_args, data_args):
     return model_path, encoder_config, tokenizer, previous_config
 
 
-def load_data(data_args, training_args, tokenizer, previous_config):
-    """The tasks, resolved once (labels, class weights, target scale: `prepare_datasets`), and the encoded splits."""
+def load_data(data_args, training_args, tokenizer, tasks, previous_config):
+    """The preflight's parsed tasks, resolved (labels, class weights, target scale: `prepare_datasets`), and the
+    encoded splits."""
     splits = [name for name, wanted in (("train", training_args.do_train), ("validation", training_args.do_eval),
                                          ("test", training_args.do_predict)) if wanted]
     with training_args.main_process_first(desc="dataset preprocessing"):
         data = prepare_datasets(
-            data_args.datasets, data_args.tasks, tokenizer,
+            data_args.datasets, tasks, tokenizer,
             max_seq_length=data_args.max_seq_length, label_all_tokens=data_args.label_all_tokens,
             validation_split_percentage=data_args.validation_split_percentage,
             task_sampling=data_args.task_sampling, sampling_temperature=data_args.sampling_temperature,
@@ -710,7 +695,7 @@ def training_settings(model_config, data_args, training_args) -> dict:
         "batch_size": training_args.per_device_train_batch_size * training_args.world_size
         * training_args.gradient_accumulation_steps,
         "max_seq_length": data_args.max_seq_length,
-        "task_sampling": data_args.task_sampling if len(data_args.datasets) > 1 else None,
+        "task_sampling": data_args.task_sampling.value if len(data_args.datasets) > 1 else None,
         "loss_weighting": model_config.loss_weighting,
         "loss_weights": model_config.loss_weights or None,
         "loss_reduction": model_config.loss_reduction,
@@ -736,17 +721,23 @@ def print_test_metrics(metrics, tasks):
     print("\n".join(lines))
 
 
+def print_next_steps(output_dir):
+    """Where the trained model is and the two commands that use it: the last lines of a run."""
+    import shlex
+
+    folder = shlex.quote(output_dir)
+    print(f"model saved in {output_dir}\n"
+          f"  predict: hf-mtl predict --model {folder} --input texts.txt --output predictions.jsonl\n"
+          f"  serve:   hf-mtl serve --model {folder}   (a web page at http://127.0.0.1:8000, the API at /docs)")
+
+
 def cli_main(argv=None):
     """Entry point that turns our errors into one `error: ...` line and exit status 2 (130 for a run interrupted by
     SIGINT / SIGTERM, as shells report Ctrl-C: `TrainingInterrupted.exit_status`)."""
     try:
         main(argv)
     except HfMtlError as error:
-        if os.environ.get("HF_MTL_DEBUG") == "1":
-            raise
-        message = " ".join(str(error).split())  # one line, whatever the message held
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(getattr(error, "exit_status", 2))
+        sys.exit(print_error(error))
 
 
 if __name__ == "__main__":

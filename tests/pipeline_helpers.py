@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_encoder_config
-from transformers import AutoModel
+from conftest import save_tiny_encoder
 
 from hf_mtl import MultiTaskModel
 from hf_mtl.pipeline_mtl import add_pipeline_to_folder
@@ -95,18 +94,6 @@ def build_model_folder(encoder_path: str, folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def model_dir(minilm_path, tmp_path_factory) -> Path:
-    return build_model_folder(minilm_path, tmp_path_factory.mktemp("mtl") / "model")
-
-
-@pytest.fixture(scope="session")
-def pipe(model_dir):
-    from hf_mtl import MultiTaskPipeline
-
-    return MultiTaskPipeline(str(model_dir))
-
-
 def read_jsonl(path) -> list:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
@@ -132,8 +119,7 @@ def assert_same_predictions(results, expected, score_tolerance=1e-3):
 
 def build_scaled_tiny_model(folder: Path, tokenizer, tasks, model_type="bert", pooling="mean") -> Path:
     """A tiny random encoder with heads scaled up, so that predictions vary and are not near-ties: `folder/model`."""
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_encoder_config(model_type)).save_pretrained(folder / "encoder")
+    save_tiny_encoder(folder / "encoder", model_type=model_type)
     model = MultiTaskModel.from_encoder(str(folder / "encoder"), tasks=tasks, pooling=pooling)
     with torch.no_grad():
         for head in model.heads.values():

@@ -15,14 +15,17 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_encoder_config
+from conftest import REPO_ROOT, save_tiny_encoder, tiny_encoder_config
 from safetensors.torch import load_file
 from train_fixtures import joint_config, run_config, write_joint_data
 from transformers import AutoModel
 
 from hf_mtl import MultiTaskConfig, MultiTaskModel, MultiTaskPipeline, cli
 from hf_mtl.lora import ADAPTER_FOLDER
-from hf_mtl.pipeline_mtl import max_input_length, split_words
+from hf_mtl.pipeline_mtl import split_words
+from hf_mtl.tokenizer_checks import max_input_length
+
+pytestmark = pytest.mark.architectures
 
 TEXTS = [
     "anna berg said the shares profit of acme corp in paris.",
@@ -60,9 +63,7 @@ def trained(request, tmp_path_factory, tokenizer):
     """(model_type, trained folder) after a few steps of `run_mtl.py`'s main with LoRA, sentence, softmax and CRF heads."""
     model_type = request.param
     root = tmp_path_factory.mktemp(model_type)
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_encoder_config(model_type)).save_pretrained(root / "encoder")
-    tokenizer.save_pretrained(root / "encoder")
+    save_tiny_encoder(root / "encoder", tokenizer, model_type)
     config = joint_config(root / "encoder", write_joint_data(root / "data"), root / "model", max_steps=2, lora=True,
                           do_eval=False)
     config["tasks"].append({"name": "ner_crf", "type": "token_classification", "dataset": "demo", "crf": True})
@@ -232,8 +233,7 @@ print(json.dumps({{"logits": {{name: value.tolist() for name, value in logits.it
 
 
 def test_an_attention_the_encoder_lacks_is_one_error_naming_the_encoder(tmp_path, tokenizer, capsys):
-    AutoModel.from_config(tiny_encoder_config("deberta-v2")).save_pretrained(tmp_path / "encoder")
-    tokenizer.save_pretrained(tmp_path / "encoder")
+    save_tiny_encoder(tmp_path / "encoder", tokenizer, "deberta-v2")
     tasks = [{"name": "topic", "type": "sequence_classification", "labels": ["a", "b"]}]
     message = "'sdpa' is not supported by the encoder DebertaV2Model, which supports eager"
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,4 @@
-"""Outputs are complete or absent (`hf_mtl.outputs.StagedOutput`): a run killed during its final save leaves the old
+"""Outputs are complete or absent (`hf_mtl.atomic_files.StagedOutput`): a run killed during its final save leaves the old
 output_dir or the new one, never a mix; a folder is exchanged atomically, a file renamed over; checkpoints are carried
 into the new folder; a second writer of one output fails at once; leftovers of a killed writer are repaired."""
 
@@ -17,15 +17,15 @@ from conftest import REPO_ROOT
 from safetensors import SafetensorError
 from train_fixtures import joint_config, run_config, save_tiny_encoder, weights, write_joint_data
 
-import hf_mtl.outputs
+import hf_mtl.atomic_files
 from hf_mtl.errors import ConfigError, HfMtlError, OutputError
-from hf_mtl.outputs import StagedOutput, process_umask, sibling_path
+from hf_mtl.atomic_files import StagedOutput, process_umask, sibling_path
 
 # The real entry point, SIGKILLed at one moment of the final save: after the card is written into the staging folder
 # (everything but the rename done), or right after the staging folder was exchanged with the old output_dir.
 KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys
-    import hf_mtl.outputs, hf_mtl.train
+    import hf_mtl.atomic_files, hf_mtl.train
 
     def then_die(function):
         def wrapper(*args, **kwargs):
@@ -37,7 +37,7 @@ KILLED_SAVE = textwrap.dedent("""
     if os.environ["KILL_POINT"] == "staged":
         hf_mtl.train.write_model_card = then_die(hf_mtl.train.write_model_card)
     else:
-        hf_mtl.outputs.exchange_paths = then_die(hf_mtl.outputs.exchange_paths)
+        hf_mtl.atomic_files.exchange_paths = then_die(hf_mtl.atomic_files.exchange_paths)
     hf_mtl.train.cli_main(sys.argv[1:])
 """)
 
@@ -59,6 +59,8 @@ def final_files(folder):
 
 
 @pytest.mark.parametrize("kill_point", ["staged", "exchanged"])
+@pytest.mark.training
+@pytest.mark.subprocess
 def test_kill_during_the_final_save_leaves_the_old_folder_or_the_new_one(old_run, tmp_path, kill_point):
     root, encoder, data, old = old_run
     output = tmp_path / "out"
@@ -111,7 +113,7 @@ def test_a_file_is_renamed_into_place_or_not_at_all(tmp_path):
 @pytest.mark.parametrize("exchange", [True, False])
 def test_a_folder_is_replaced_whole_and_keeps_its_checkpoints(tmp_path, monkeypatch, exchange):
     if not exchange:  # the two-rename path of systems without renameat2(RENAME_EXCHANGE)
-        monkeypatch.setattr(hf_mtl.outputs, "exchange_paths", lambda first, second: False)
+        monkeypatch.setattr(hf_mtl.atomic_files, "exchange_paths", lambda first, second: False)
     target = tmp_path / "run"
     (target / "checkpoint-2").mkdir(parents=True)
     (target / "checkpoint-2" / "model.safetensors").write_bytes(b"weights")
@@ -138,12 +140,13 @@ def test_leftovers_of_a_writer_killed_between_two_renames_are_repaired(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["run"]
 
 
+@pytest.mark.subprocess
 def test_a_second_writer_of_one_output_fails_at_once_naming_the_first(tmp_path):
     target = tmp_path / "out"
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
-            from hf_mtl.outputs import StagedOutput
+            from hf_mtl.atomic_files import StagedOutput
             with StagedOutput({str(target)!r}):
                 print("holding", flush=True)
                 sys.stdin.read()
@@ -269,7 +272,7 @@ def test_an_exhausted_quota_is_named_as_such(tmp_path):
 @pytest.mark.parametrize("free", [0, 10 << 30])
 def test_a_short_write_without_errno_is_a_full_disk_only_on_a_full_file_system(tmp_path, monkeypatch, free):
     """torch.save reports a full disk as "unexpected pos"; on a file system with space left it is something else."""
-    monkeypatch.setattr(hf_mtl.outputs, "_free_space", lambda folder: free)
+    monkeypatch.setattr(hf_mtl.atomic_files, "_free_space", lambda folder: free)
     expected = OutputError if free == 0 else RuntimeError
     with pytest.raises(expected, match="no space left" if free == 0 else "unexpected pos"):
         with StagedOutput(tmp_path / "out"):
@@ -332,6 +335,7 @@ def full_disk_open(room):
 
 
 @pytest.mark.parametrize("command", ["predict", "embed", "export-task", "export-sentence-transformers"])
+@pytest.mark.training
 def test_commands_on_a_full_disk_print_one_line_and_keep_the_old_output(old_run, tmp_path, monkeypatch, capsys,
                                                                          command):
     from safetensors.torch import save_file
@@ -431,6 +435,7 @@ def test_a_replaced_output_keeps_its_own_mode(tmp_path):
     assert mode(folder) == 0o750 and (folder / "README.md").read_text() == "new card"
 
 
+@pytest.mark.training
 def test_trained_and_exported_weights_are_readable_by_the_group_and_others(old_run, tmp_path):
     from hf_mtl.export import export_task
 

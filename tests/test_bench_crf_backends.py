@@ -19,9 +19,9 @@ def test_smoke_compares_every_backend_and_writes_its_section(tmp_path, tiny_enco
 
     from hf_mtl import MultiTaskModel
 
-    speed = load_bench_script(monkeypatch, "speed")
-    intents, tags = speed.snips_labels()
-    tasks = speed.snips_tasks(intents, tags)
+    benchlib = load_bench_script(monkeypatch, "benchlib")
+    intents, tags = benchlib.snips_labels()
+    tasks = benchlib.snips_tasks(intents, tags)
     tasks[1]["crf"] = True
     torch.manual_seed(0)
     model = MultiTaskModel.from_encoder(str(tiny_encoder), tasks=tasks)

@@ -49,7 +49,9 @@ def test_table_shows_measured_and_missing_cases(memory):
     name = "minilm_fsdp_b8_s128"
     result = dict(memory.CASES[name], processes=2, peak_rss_mib_per_process=[1300.4, 1290.0],
                   rss_at_train_start_mib_per_process=[900.0, 880.2], trainable_parameters="22,566,916",
-                  environment={"cpu": "CPU", "cpu_count": 2, "python": "3", "torch": "2", "transformers": "5"})
+                  environment={"cpu": "CPU", "cpu_count": 2, "python": "3", "torch": "2", "transformers": "5",
+                               "torch_threads": 2, "native_bf16": True, "cpu_bf16_flags": ["avx512_bf16"]})
     table = memory.table_markdown({name: result})
+    assert table.startswith("Machine: CPU, 2 CPU cores, native bf16 (avx512_bf16), torch threads 2;")
     assert f"| {name} | minilm | fsdp | 2 | 8 | 128 | 22,566,916 | 900 / 880 | 1,300 / 1,290 |" in table
     assert "| bert_large_fsdp_b4_s128 | bert_large | fsdp | | 4 | 128 | not run | | |" in table

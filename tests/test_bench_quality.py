@@ -18,7 +18,7 @@ def run_quality(*args, timeout=120):
 
 
 def test_rows_read_the_chosen_recipe_and_earlier_rows_keep_recipe_v1(monkeypatch):
-    """The rows run before the issue-15 search stay reproducible after the recipe file changed."""
+    """The rows run before the recipe search stay reproducible after the recipe file changed."""
     quality = load_bench_script(monkeypatch, "quality")
     v1, chosen = quality.snips_recipe_v1(), quality.snips_recipe()
     assert v1["num_train_epochs"] == 6 and not any(task.get("crf") for task in v1["tasks"])

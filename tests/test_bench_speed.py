@@ -1,4 +1,5 @@
-"""CI smoke test of the speed benchmark (bench/speed.py --smoke): a tiny random encoder, seconds, never the benchmark."""
+"""CI smoke test of the speed benchmark (bench/speed.py --smoke, and the modules beside it that it runs): a tiny random
+encoder, seconds, never the benchmark."""
 
 import json
 import subprocess
@@ -22,26 +23,26 @@ def run_speed(*args, timeout=240):
                           text=True, timeout=timeout)
 
 
-def trained_snips_model(speed, encoder, folder):
+def trained_snips_model(benchlib, encoder, folder):
     """The tiny encoder with SNIPS intent + slot heads, saved as a training run leaves its model."""
     from transformers import AutoTokenizer
 
     from hf_mtl import MultiTaskModel
 
-    model = MultiTaskModel.from_encoder(str(encoder), tasks=speed.snips_tasks(*speed.snips_labels()))
+    model = MultiTaskModel.from_encoder(str(encoder), tasks=benchlib.snips_tasks(*benchlib.snips_labels()))
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(encoder).save_pretrained(folder)
     return folder
 
 
-def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_encoder, speed):
+def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_encoder, bench):
     if not (SHARED_DATA / "snips").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (only present in the project's own checkouts)")
     out, markdown = tmp_path / "out" / "speed.json", tmp_path / "BENCHMARKS.md"
     markdown.write_text("# Benchmarks\n\nQuality intro.\n\n## Results\n\nkept as it is\n", encoding="utf-8")
     args = ("--smoke", "--threads", "1", "--model", tiny_encoder, "--out", out, "--markdown", markdown,
             "--export-dir", tmp_path / "export")
-    trained = trained_snips_model(speed, tiny_encoder, tmp_path / "trained")
+    trained = trained_snips_model(bench("benchlib"), tiny_encoder, tmp_path / "trained")
 
     done = run_speed(*args, "--backends", "torch,compiled,onnx", "--trained-model", trained, "--profile", timeout=480)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -119,12 +120,15 @@ def test_smoke_writes_results_and_replaces_its_markdown_section(tmp_path, tiny_e
 
 
 @pytest.fixture
-def speed(monkeypatch):
-    """bench/speed.py as a module."""
-    return load_bench_script(monkeypatch, "speed")
+def bench(monkeypatch):
+    """bench/<name>.py as a module: speed (the run's plan), speed_report (summary, ratios, markdown), speed_inference
+    (the methods and their turns), speed_training (steps, length-grouped batches), benchlib (SNIPS rows and labels)."""
+    return lambda name: load_bench_script(monkeypatch, name)
 
 
-def test_inference_results_join_timings_memory_and_errors(speed):
+def test_inference_results_join_timings_memory_and_errors(bench):
+    report = bench("speed_report")
+
     def timed(method, seconds_all):
         job = dict(kind="infer", method=method, precision="fp32", sentences=100)
         return dict(job=job, sentences=100, seconds=sorted(seconds_all)[1], seconds_all=seconds_all,
@@ -141,7 +145,7 @@ def test_inference_results_join_timings_memory_and_errors(speed):
         dict(job=dict(kind="memory", method="hf_mtl_pipeline", precision="fp32"), error="E"),
         dict(job=dict(kind="train", method="hf_two_models", precision="fp32"), tokens_per_second=1.0),
     ]
-    inference = speed.inference_results(results)
+    inference = report.inference_results(results)
 
     assert sorted(inference) == ["hf_mtl_pipeline_fp32", "hf_pipelines_bf16", "hf_two_models_fp32"]
     assert inference["hf_two_models_fp32"]["peak_rss_mib"] == 420.0
@@ -149,13 +153,14 @@ def test_inference_results_join_timings_memory_and_errors(speed):
     assert inference["hf_pipelines_bf16"]["error"] == "RuntimeError: no bf16"
     assert inference["hf_pipelines_bf16"]["job"]["sentences"] == 8
 
-    ratio = speed.ratio(inference, "hf_mtl_pipeline_fp32", "hf_two_models_fp32", 1.9)
+    ratio = report.ratio(inference, "hf_mtl_pipeline_fp32", "hf_two_models_fp32", 1.9)
     assert ratio["ratio"] == pytest.approx(2.4 / 1.2) and ratio["reached"] is True
     assert ratio["per_repeat"] == pytest.approx([2.0, 1.8, 2.0])
-    assert speed.ratio(inference, "hf_mtl_pipeline_fp32", "hf_pipelines_bf16", 3)["ratio"] is None
+    assert report.ratio(inference, "hf_mtl_pipeline_fp32", "hf_pipelines_bf16", 3)["ratio"] is None
 
 
-def test_inference_methods_take_turns_block_by_block(speed, monkeypatch):
+def test_inference_methods_take_turns_block_by_block(bench, monkeypatch):
+    inference = bench("speed_inference")
     calls = []
 
     class Recorder:  # stands in for PassRecorder: no model behind the fake methods
@@ -174,13 +179,13 @@ def test_inference_methods_take_turns_block_by_block(speed, monkeypatch):
             return run, [object()], dict(precision=job["precision"], settings="fake")
         return build
 
-    monkeypatch.setattr(speed, "BLOCK_SENTENCES", 3)
-    monkeypatch.setattr(speed, "PassRecorder", Recorder)
-    monkeypatch.setattr(speed, "read_snips", lambda split: [dict(index=i) for i in range(9)])
+    monkeypatch.setattr(inference, "BLOCK_SENTENCES", 3)
+    monkeypatch.setattr(inference, "PassRecorder", Recorder)
+    monkeypatch.setattr(inference, "read_snips", lambda split: [dict(index=i) for i in range(9)])
     methods = {"a": method("a"), "b": method("b"), "c": method("c", fails_on_block=3)}
-    monkeypatch.setattr(speed, "INFER_METHODS", methods)
+    monkeypatch.setattr(inference, "INFER_METHODS", methods)
     job = dict(kind="infer", sentences=9, repeats=2, methods=[dict(method=m, precision="fp32") for m in "abc"])
-    results = speed.run_inference(job)["methods"]
+    results = inference.run_inference(job)["methods"]
 
     timed = calls[3:]  # after one warm-up call per method
     # Repeat 1: block 0 a b c; block 3 b c a (c fails there and leaves the rotation); block 6 a b.
@@ -194,17 +199,19 @@ def test_inference_methods_take_turns_block_by_block(speed, monkeypatch):
     assert results["a_fp32"]["sentences"] == 9 and results["a_fp32"]["padding_ratio"] == pytest.approx(1.1)
 
 
-def test_length_grouped_batches_cover_every_row_once(speed):
+def test_length_grouped_batches_cover_every_row_once(bench):
+    training = bench("speed_training")
     lengths = [(index * 37) % 29 + 3 for index in range(3300)]
-    batches = speed.length_grouped_batches(lengths, 32)
+    batches = training.length_grouped_batches(lengths, 32)
     assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
     assert all(len(batch) <= 32 for batch in batches)
-    megabatch = batches[: speed.MEGABATCH_MULT]  # longest first within a mega-batch
+    megabatch = batches[: training.MEGABATCH_MULT]  # longest first within a mega-batch
     assert [lengths[batch[0]] for batch in megabatch] == sorted((lengths[batch[0]] for batch in megabatch), reverse=True)
-    assert 1 <= speed.padding_of(batches, lengths) < speed.padding_of([list(range(len(lengths)))], lengths)
+    assert 1 <= training.padding_of(batches, lengths) < training.padding_of([list(range(len(lengths)))], lengths)
 
 
-def test_crf_rows_are_planned_only_with_a_crf_model_and_compared_with_softmax(speed, tmp_path):
+def test_crf_rows_are_planned_only_with_a_crf_model_and_compared_with_softmax(bench, tmp_path):
+    speed, report = bench("speed"), bench("speed_report")
     args = speed.parse_args(["--backends", "torch"])
     methods = {method["method"] for job in speed.plan(args, native=True) if job["kind"] == "infer"
                for method in job["methods"]}
@@ -217,11 +224,12 @@ def test_crf_rows_are_planned_only_with_a_crf_model_and_compared_with_softmax(sp
     assert all(job["crf_trained"] == str(tmp_path) for job in jobs)
     timings = {"hf_mtl_pipeline_fp32": dict(sentences_per_second=100.0, sentences=10, seconds_all=[0.1]),
                "hf_mtl_pipeline_crf_fp32": dict(sentences_per_second=90.0, sentences=10, seconds_all=[1 / 9])}
-    cost = speed.ratio(timings, "hf_mtl_pipeline_crf_fp32", "hf_mtl_pipeline_fp32", speed.TARGETS["crf_vs_softmax"])
+    target = report.TARGETS["crf_vs_softmax"]
+    cost = report.ratio(timings, "hf_mtl_pipeline_crf_fp32", "hf_mtl_pipeline_fp32", target)
     assert cost["ratio"] == pytest.approx(0.9) and cost["reached"] is True
     # The CRF ratios exist only where their rows were planned (the smoke run without --crf-model reads every ratio).
     def crf_ratios(argv):
-        summary = speed.summarize(speed.parse_args(argv), {"native_bf16": True}, [], {}, {}, {})
+        summary = report.summarize(speed.parse_args(argv), {"native_bf16": True}, [], {}, {}, {})
         return sorted(name for name in summary["ratios"] if "crf" in name)
 
     assert crf_ratios(["--backends", "torch"]) == []

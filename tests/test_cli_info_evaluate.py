@@ -11,6 +11,8 @@ from train_fixtures import joint_config, run_config, training_root
 from hf_mtl import cli
 from hf_mtl.folder_info import labels_text
 
+pytestmark = pytest.mark.training
+
 SPEED = ("_runtime", "_samples_per_second", "_steps_per_second", "_model_preparation_time")
 
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
-from pipeline_helpers import SENTENCES, assert_same_predictions, model_dir, pipe, raw_text, read_jsonl  # noqa: F401
+from pipeline_helpers import SENTENCES, assert_same_predictions, raw_text, read_jsonl
 
 from hf_mtl import cli
 
@@ -128,6 +128,7 @@ def test_embed_to_stdout_writes_npy_bytes(capsysbinary, model_dir, pipe, tmp_pat
     assert sorted(path.name for path in tmp_path.iterdir()) == ["input.txt"]
 
 
+@pytest.mark.subprocess
 def test_stdin_and_stdout_through_a_real_pipe(model_dir, tmp_path):
     command = [sys.executable, "-m", "hf_mtl.cli", "predict", "--model", str(model_dir), "--input", "-", "--output", "-"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -249,6 +250,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.subprocess
 def test_a_killed_predict_leaves_its_partial_output_for_resume(capsys, model_dir, tmp_path):
     source = tmp_path / "input.txt"
     source.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from pipeline_helpers import SENTENCES, assert_same_predictions, model_dir, pipe, raw_text, read_jsonl  # noqa: F401
+from pipeline_helpers import SENTENCES, assert_same_predictions, raw_text, read_jsonl
 
 from hf_mtl import cli
 from hf_mtl.errors import DataError, ModelError

@@ -11,6 +11,8 @@ from train_fixtures import PEOPLE, PLACES, TOPICS, joint_example, save_tiny_enco
 
 from hf_mtl.train import main
 
+pytestmark = pytest.mark.training
+
 CONFIGS = sorted(path.name for path in (REPO_ROOT / "configs").glob("*.json"))
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_encoder_config
 
 from hf_mtl import MultiTaskConfig, MultiTaskModel
-from hf_mtl.modeling_mtl import (
+from hf_mtl.crf import (
     LinearChainCRF,
     bio_constraints,
     compact_word_positions,

@@ -7,7 +7,7 @@ import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
 from hf_mtl.data import load_raw_dataset, prepare_datasets
-from hf_mtl.tasks import iob1_to_iob2
+from hf_mtl.data.tags import iob1_to_iob2
 
 CONLL2003_COUNTS = {"train": (14041, 23499), "validation": (3250, 5942), "test": (3453, 5648)}
 

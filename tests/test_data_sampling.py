@@ -134,7 +134,7 @@ def test_prepared_train_mixes_data_sets(tmp_path, tokenizer):
 def mixture_trainer(tmp_path, mix, **args):
     from transformers import TrainingArguments
 
-    from hf_mtl.training import MultiTaskTrainer
+    from hf_mtl.trainer import MultiTaskTrainer
 
     rows = Dataset.from_dict({"input_ids": [[1] * ((7 * i) % 61 + 3) for i in range(1100)], "row": list(range(1100))})
     arguments = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=50, use_cpu=True, report_to=[],
@@ -164,6 +164,7 @@ def test_trainer_refuses_batch_rebalance_on_a_mixture(tmp_path):
         trainer.get_train_dataloader()
 
 
+@pytest.mark.training
 def test_max_train_samples_sets_the_rows_per_epoch_of_a_mixture(tmp_path, tokenizer):
     from train_fixtures import joint_config, run_config, save_tiny_encoder, write_joint_data
 

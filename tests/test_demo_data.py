@@ -10,7 +10,7 @@ import pytest
 from seqeval.metrics.sequence_labeling import get_entities
 
 from hf_mtl.data import prepare_datasets
-from hf_mtl.tasks import iob1_to_iob2
+from hf_mtl.data.tags import iob1_to_iob2
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MIN_SIZES = {"train": 1000, "validation": 200, "test": 200}

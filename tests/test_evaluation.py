@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import NER_LABELS, TOPIC_NER_TASKS
 from seqeval import metrics as seqeval_metrics
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import EvalPrediction
@@ -17,12 +18,7 @@ from hf_mtl.evaluation import (
 )
 from hf_mtl.tasks import tasks_of_config
 
-NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-TOPIC_LABELS = ["business", "sports", "tech"]
-TASKS = tasks_of_config([
-    {"name": "ner", "type": "token_classification", "labels": NER_LABELS},
-    {"name": "topic", "type": "sequence_classification", "labels": TOPIC_LABELS},
-])
+TASKS = tasks_of_config(TOPIC_NER_TASKS)
 
 # word_ids: -1 for [CLS]/[SEP]; "Smithson" is two subtokens; example 1 lost "New York" to truncation;
 # example 2 has gold labels the model does not know (B-ORG, "politics"); examples 1 and 3 lack one task's gold.
@@ -161,5 +157,5 @@ def test_all_o_predictions_score_zero_without_warnings(recwarn):
 
 
 def test_prediction_count_mismatch_names_the_problem():
-    with pytest.raises(ValueError, match="3 predictions for task 'ner' but 4 examples"):
+    with pytest.raises(ValueError, match="3 predictions for task 'topic' but 4 examples"):
         decode_predictions(TASKS, {name: array[:3] for name, array in padded_predictions().items()}, ROWS)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_encoder_config
-from pipeline_helpers import SENTENCES, TASKS, model_dir, pipe, raw_text  # noqa: F401 (fixtures)
+from conftest import save_tiny_encoder
+from pipeline_helpers import SENTENCES, TASKS, raw_text
 from transformers import AutoModel, AutoModelForTokenClassification, pipeline
 
 from hf_mtl import MultiTaskModel, MultiTaskPipeline, cli
@@ -48,6 +48,7 @@ def test_export_task_refuses_what_a_stock_model_cannot_reproduce(capsys, model_d
     assert status == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_sentence_transformers_matches_embed(capsys, model_dir, pipe, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -67,8 +68,7 @@ def test_export_sentence_transformers_matches_embed(capsys, model_dir, pipe, tmp
 def test_export_sentence_transformers_pooling_modes(tokenizer, tmp_path, model_type, pooling, normalize):
     from sentence_transformers import SentenceTransformer
 
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_encoder_config(model_type)).save_pretrained(tmp_path / "encoder")
+    save_tiny_encoder(tmp_path / "encoder", model_type=model_type)
     model = MultiTaskModel.from_encoder(
         str(tmp_path / "encoder"), tasks=TASKS, pooling=pooling, normalize_embeddings=normalize
     )

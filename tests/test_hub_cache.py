@@ -6,7 +6,10 @@ import shutil
 import subprocess
 import sys
 
-from pipeline_helpers import SENTENCES, assert_same_predictions, model_dir, pipe, raw_text  # noqa: F401 (fixtures)
+import pytest
+from pipeline_helpers import SENTENCES, assert_same_predictions, raw_text
+
+pytestmark = pytest.mark.subprocess
 
 REPO_ID = "user/name"
 REVISION = "0123456789abcdef0123456789abcdef01234567"

@@ -35,6 +35,7 @@ def lora_run(tmp_path_factory, tokenizer):
     return root, encoder, data, output
 
 
+@pytest.mark.training
 def test_lora_trains_adapters_and_heads_and_saves_merged_weights(lora_run):
     from transformers import AutoModel
 
@@ -64,6 +65,7 @@ def test_lora_trains_adapters_and_heads_and_saves_merged_weights(lora_run):
         assert torch.allclose(adapted(input_ids=ids).last_hidden_state, expected, atol=1e-5)
 
 
+@pytest.mark.training
 def test_lora_checkpoint_resumes_to_bit_identical_weights(lora_run):
     root, encoder, data, output = lora_run
     resumed = root / "resumed"
@@ -75,22 +77,21 @@ def test_lora_checkpoint_resumes_to_bit_identical_weights(lora_run):
         assert torch.equal(tensor, final[key]), key
 
 
+@pytest.mark.training
 def test_lora_checkpoint_of_another_base_model_is_refused(lora_run, tokenizer):
-    from conftest import tiny_encoder_config
-    from transformers import AutoModel
+    from conftest import save_tiny_encoder
 
     from hf_mtl.errors import ModelError
 
     root, _, data, output = lora_run
     other = root / "other_encoder"
-    torch.manual_seed(123)
-    AutoModel.from_config(tiny_encoder_config("bert")).save_pretrained(other)
-    tokenizer.save_pretrained(other)
+    save_tiny_encoder(other, tokenizer, seed=123)
     with pytest.raises(ModelError, match="does not match this run's base model"):
         run_config(lora_run_config(other, data, root / "wrong"), root,
                    "--resume_from_checkpoint", str(output / "checkpoint-3"))
 
 
+@pytest.mark.training
 def test_lora_best_checkpoint_is_loaded_at_the_end(lora_run):
     """load_best_model_at_end reads the best checkpoint's adapter: with the highest eval loss as "best" (the first
     checkpoint here), the final model is that checkpoint's, not the last step's."""
@@ -107,6 +108,7 @@ def test_lora_best_checkpoint_is_loaded_at_the_end(lora_run):
         assert torch.allclose(tensor, final[key], atol=1e-6), key
 
 
+@pytest.mark.training
 def test_lora_respects_freeze_layers_and_heads(lora_run):
     root, encoder, data, _ = lora_run
     output = root / "frozen"
@@ -120,6 +122,7 @@ def test_lora_respects_freeze_layers_and_heads(lora_run):
     assert not torch.equal(trained["heads.ner.classifier.weight"], halfway["heads.ner.classifier.weight"])
 
 
+@pytest.mark.training
 def test_continuing_from_a_lora_folder_starts_from_its_merged_weights(lora_run):
     """A new run on the LoRA-trained folder (a new adapter, on the key projections only this time): the query and
     value projections it keeps frozen are the folder's merged ones."""

@@ -2,19 +2,17 @@
 
 import pytest
 import torch
+from conftest import TOPIC_NER_TASKS
 from transformers import AutoModel, AutoTokenizer
 
 from hf_mtl import MultiTaskModel
 
-TASKS = [
-    {"name": "topic", "type": "sequence_classification", "labels": ["a", "b"]},
-    {"name": "ner", "type": "token_classification", "labels": ["O", "B-PER", "I-PER"]},
-]
+pytestmark = pytest.mark.minilm
 
 
 @pytest.fixture(scope="module")
 def minilm_model(minilm_path):
-    return MultiTaskModel.from_encoder(minilm_path, tasks=TASKS, pooling="mean").eval()
+    return MultiTaskModel.from_encoder(minilm_path, tasks=TOPIC_NER_TASKS, pooling="mean").eval()
 
 
 def test_from_encoder_loads_the_pretrained_weights_unchanged(minilm_model, minilm_path):

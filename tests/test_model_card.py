@@ -2,14 +2,12 @@
 
 import pytest
 import yaml
+from conftest import NER_LABELS, TOPIC_LABELS, TOPIC_NER_TASKS, tiny_encoder_config
 from huggingface_hub import ModelCard
-from transformers import AutoConfig
 
 from hf_mtl import MultiTaskConfig
 from hf_mtl.model_card import write_model_card
 
-NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-TOPIC_LABELS = ["business", "sports", "tech"]
 EVAL_METRICS = {
     "eval_loss": 0.71,
     "eval_ner_precision": 0.81,
@@ -41,15 +39,7 @@ TRAINING_SETTINGS = {
 
 @pytest.fixture
 def config():
-    encoder = AutoConfig.for_model(
-        "bert", vocab_size=30522, max_position_embeddings=128, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=37,
-    )  # fmt: skip
-    tasks = [
-        {"name": "ner", "type": "token_classification", "labels": NER_LABELS},
-        {"name": "topic", "type": "sequence_classification", "labels": TOPIC_LABELS},
-    ]
-    return MultiTaskConfig(encoder=encoder.to_dict(), tasks=tasks, pooling="mean")
+    return MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=TOPIC_NER_TASKS, pooling="mean")
 
 
 def front_matter(path) -> dict:

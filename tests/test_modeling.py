@@ -3,21 +3,15 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_encoder_config
+from conftest import TOPIC_NER_TASKS as TASKS
+from conftest import tiny_encoder_config, tiny_model
 
-from hf_mtl import MultiTaskConfig, MultiTaskModel
+from hf_mtl import MultiTaskConfig
 from hf_mtl.modeling_mtl import MultiTaskPooling
-
-TASKS = [
-    {"name": "topic", "type": "sequence_classification", "labels": ["business", "politics", "sports"]},
-    {"name": "ner", "type": "token_classification", "labels": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]},
-]
 
 
 def build(model_type="bert", tasks=TASKS, **config_kwargs):
-    torch.manual_seed(0)
-    config = MultiTaskConfig(encoder=tiny_encoder_config(model_type, vocab_size=99).to_dict(), tasks=tasks, **config_kwargs)
-    return MultiTaskModel(config).eval()
+    return tiny_model(tasks, model_type, vocab_size=99, **config_kwargs)
 
 
 def batch(batch_size=3, seq=6):
@@ -139,7 +133,7 @@ def smoothed_cross_entropy(logits, labels, epsilon):
 def test_label_smoothing_smooths_softmax_losses_and_not_the_crf(tmp_path):
     from transformers import TrainingArguments
 
-    from hf_mtl.training import MultiTaskTrainer
+    from hf_mtl.trainer import MultiTaskTrainer
 
     tasks = TASKS + [dict(TASKS[1], name="crf_ner", crf=True)]
     model = build(tasks=tasks)

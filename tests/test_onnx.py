@@ -6,9 +6,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from pipeline_helpers import (  # noqa: F401 (model_dir, pipe: fixtures)
-    SENTENCES, assert_same_predictions, build_scaled_tiny_model, model_dir, pipe, raw_text, read_jsonl,
-)
+from conftest import TOPIC_NER_TASKS as TASKS
+from pipeline_helpers import SENTENCES, assert_same_predictions, build_scaled_tiny_model, raw_text, read_jsonl
 from transformers import AutoModel
 
 from hf_mtl import MultiTaskModel, MultiTaskPipeline, cli
@@ -16,10 +15,6 @@ from hf_mtl.pipeline_mtl import BackendNotInstalledError, OnnxRuntimeModel
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'hf_mtl[onnx]')")
 
-TASKS = [
-    {"name": "topic", "type": "sequence_classification", "labels": ["business", "politics", "other"]},
-    {"name": "ner", "type": "token_classification", "labels": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]},
-]
 TEXTS = [
     "Apple opened a store in Paris.",
     "Angela Merkel met Emmanuel Macron in Berlin!",
@@ -278,6 +273,7 @@ def test_openvino_backend_matches_torch_fp32(exported):
     np.testing.assert_allclose(pipe.embed(texts, bf16=False), torch_embeddings, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_torch_compile_option_predicts_as_eager(exported):
     from torch._dynamo.utils import counters
 
@@ -295,6 +291,7 @@ def test_torch_compile_option_predicts_as_eager(exported):
     assert counters["stats"]["unique_graphs"] > graphs  # and so did `embed`
 
 
+@pytest.mark.slow
 def test_minilm_export_predicts_as_torch(model_dir, pipe, tmp_path):
     """The real architecture (MiniLM, heads fitted to the helper sentences) through the fused graph."""
     assert cli.main(["export-onnx", "--model", str(model_dir), "--output", str(tmp_path / "onnx")]) == 0

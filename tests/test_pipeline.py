@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import BF16_COSINE_TOLERANCE, requires_native_bf16, tiny_encoder_config
-from pipeline_helpers import SENTENCES, TASKS, assert_same_predictions, model_dir, pipe, raw_text  # noqa: F401
+from pipeline_helpers import SENTENCES, TASKS, assert_same_predictions, raw_text
 from transformers import AutoModel
 
 from hf_mtl import MultiTaskModel, MultiTaskPipeline, cli
@@ -263,12 +263,12 @@ def test_bf16_given_at_construction_holds_for_embeddings(model_dir, monkeypatch)
 
 def test_bf16_default_follows_the_cpu_check(pipe, monkeypatch):
     monkeypatch.setenv("HF_MTL_NATIVE_BF16", "0")
-    assert pipe._use_bf16(None) is False and pipe._use_bf16(True) is True
+    assert pipe.backend.uses_bf16(None) is False and pipe.backend.uses_bf16(True) is True
     monkeypatch.setenv("HF_MTL_NATIVE_BF16", "1")
-    assert pipe._use_bf16(None) is True and pipe._use_bf16(False) is False
+    assert pipe.backend.uses_bf16(None) is True and pipe.backend.uses_bf16(False) is False
     monkeypatch.setenv("HF_MTL_NATIVE_BF16", "yes")
     with pytest.raises(ValueError, match="HF_MTL_NATIVE_BF16"):
-        pipe._use_bf16(None)
+        pipe.backend.uses_bf16(None)
 
 
 def test_rejects_a_model_without_tasks(tokenizer):
@@ -294,6 +294,7 @@ print(json.dumps({"results": pipe(json.loads(sys.argv[2]), return_tags=True, bf1
 """
 
 
+@pytest.mark.subprocess
 def test_transformers_pipeline_without_hf_mtl_gives_the_same_results(pipe, model_dir, tmp_path):
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(

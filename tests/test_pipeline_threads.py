@@ -4,14 +4,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import TOPIC_NER_TASKS as TASKS
 from pipeline_helpers import SENTENCES, assert_same_predictions, build_scaled_tiny_model, raw_text
 
 from hf_mtl import MultiTaskPipeline, cli
 
-TASKS = [
-    {"name": "topic", "type": "sequence_classification", "labels": ["business", "politics", "other"]},
-    {"name": "ner", "type": "token_classification", "labels": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]},
-]
 SHORT = [raw_text(words) for words, _, _ in SENTENCES]
 # Longer than the tiny encoder's 128 positions: read in windows, truncated in pairs and embeddings.
 LONG = [" ".join(SHORT * 3), " ".join(SHORT[::-1] * 4) + " Berlin", "张三在北京工作，李四去了上海。" * 12]

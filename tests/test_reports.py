@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+from conftest import TOPIC_NER_TASKS, confusion_counts, plotted_lines, record_saved_figures
 from seqeval.metrics import classification_report
 
 from hf_mtl.evaluation import compute_metrics_from_decoded
@@ -11,10 +12,7 @@ from hf_mtl.plots import write_plots
 from hf_mtl.reports import write_predictions_jsonl, write_report
 from hf_mtl.tasks import tasks_of_config
 
-TASKS = tasks_of_config([
-    {"name": "ner", "type": "token_classification", "labels": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]},
-    {"name": "topic", "type": "sequence_classification", "labels": ["business", "sports", "tech"]},
-])
+TASKS = tasks_of_config(TOPIC_NER_TASKS)
 DECODED = [
     {
         "words": ["John", "Smith", "visited", "Paris"],
@@ -108,17 +106,39 @@ def fake_log_history(num_logs=4, with_eval=True):
     return history
 
 
-def test_plots_from_trainer_state(tmp_path):
+@pytest.fixture
+def drawn(monkeypatch) -> dict:
+    return record_saved_figures(monkeypatch)
+
+
+def test_plots_from_trainer_state_draw_the_logged_values(tmp_path, drawn):
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": fake_log_history()}))
     paths = write_plots(tmp_path, tasks=TASKS, decoded=DECODED, split_name="test")
-    names = sorted(path.name for path in paths)
-    assert names == ["confusion_matrix_topic.png", "eval_metrics.png", "training_loss.png"]
-    for path in paths:
-        assert path.parent == tmp_path / "plots"
-        assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5_000
+    assert sorted(path.name for path in paths) == ["confusion_matrix_topic.png", "eval_metrics.png", "training_loss.png"]
+    assert all(path.parent == tmp_path / "plots" and path.read_bytes()[:8] == PNG_MAGIC for path in paths)
+
+    loss = plotted_lines(drawn["training_loss.png"])
+    steps = [10.0, 20.0, 30.0, 40.0]
+    assert loss["total"] == (steps, pytest.approx([2.0 / step for step in range(1, 5)]))
+    assert loss["ner"] == (steps, pytest.approx([1.5 / step for step in range(1, 5)]))
+    assert loss["topic"] == (steps, pytest.approx([0.5 / step for step in range(1, 5)]))
+    assert loss["eval (total)"] == ([20.0, 40.0], [0.5, 0.25])
+    metrics = plotted_lines(drawn["eval_metrics.png"])
+    assert set(metrics) == {"ner_f1", "ner_precision", "topic_accuracy", "topic_macro_f1", "score"}
+    assert metrics["score"] == ([20.0, 40.0], pytest.approx([0.4, 0.8]))
+
+    matrix = drawn["confusion_matrix_topic.png"]
+    assert "test" in matrix.axes[0].get_title()
+    # "politics", a gold label the task does not know, gets its own row: its example is counted, not dropped.
+    assert confusion_counts(matrix) == {
+        ("sports", "sports"): 1, ("politics", "business"): 1, ("business", "business"): 1, ("tech", "business"): 1
+    }
 
 
-def test_plots_with_one_log_point_and_no_eval(tmp_path):
+def test_plots_follow_their_input(tmp_path, drawn):
     paths = write_plots(tmp_path, log_history=fake_log_history(num_logs=1, with_eval=False))
     assert [path.name for path in paths] == ["training_loss.png"]
+    assert plotted_lines(drawn["training_loss.png"]) == {
+        "total": ([10.0], [2.0]), "ner": ([10.0], [1.5]), "topic": ([10.0], [0.5])
+    }
     assert write_plots(tmp_path / "empty") == []

@@ -9,6 +9,9 @@ import torch
 from conftest import requires_native_bf16
 from train_fixtures import KILLED_RUN, accelerate_launch, joint_config, run_process, training_root, weights, write_config
 
+pytestmark = pytest.mark.multiprocess
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer):
     root, encoder, data = training_root(tmp_path_factory, tokenizer, "resume")

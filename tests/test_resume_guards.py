@@ -10,17 +10,14 @@ import shutil
 import sys
 
 import pytest
-from train_fixtures import joint_config, run_config, run_process, save_tiny_encoder, write_config, write_joint_data
+from train_fixtures import joint_config, run_config, run_process, write_config, write_joint_data
 from transformers import Trainer
 
 from hf_mtl.errors import ConfigError, HfMtlError, ModelError
 from hf_mtl.train import resolve_resume
-from hf_mtl.training import RUN_RECORD, check_checkpoint, last_complete_checkpoint
+from hf_mtl.checkpoints import RUN_RECORD, check_checkpoint, last_complete_checkpoint
 
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory, tokenizer):
-    return save_tiny_encoder(tmp_path_factory.mktemp("encoder"), tokenizer)
+pytestmark = pytest.mark.training
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +182,7 @@ def test_a_checkpoint_save_that_fails_is_removed_and_named(tmp_path, encoder_dir
     assert not (output / "model.safetensors").exists()
 
 
+@pytest.mark.subprocess
 def test_train_help_lists_the_options():
     for command, usage in (([sys.executable, "run_mtl.py", "--help"], "usage: python run_mtl.py CONFIG.json"),
                            ([sys.executable, "-m", "hf_mtl.cli", "train", "--help"], "usage: hf-mtl train CONFIG.json")):
@@ -212,6 +210,7 @@ cli_main(sys.argv[1:])
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+@pytest.mark.subprocess
 def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, encoder_dir, data_dir, signal_name):
     (tmp_path / "harness.py").write_text(SIGNALLED_RUN)
     output = tmp_path / "run"

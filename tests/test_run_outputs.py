@@ -1,5 +1,6 @@
 """After a tiny training run: reports, plots, model card and the Hub push hold the run's own numbers and files."""
 
+import collections
 import json
 import os
 import subprocess
@@ -7,10 +8,13 @@ import sys
 
 import pytest
 import yaml
+from conftest import confusion_counts, plotted_lines, record_saved_figures
 from train_fixtures import joint_config, run_config, save_tiny_encoder, write_joint_data
 
 import hf_mtl.hub
 import hf_mtl.train
+
+pytestmark = pytest.mark.training
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +33,17 @@ def run(tmp_path_factory, tokenizer):
     patch.setattr(hf_mtl.hub, "upload_folder", lambda **kwargs: calls.append(("upload_folder", kwargs)))
     config = joint_config(encoder, data, output, max_steps=6, eval_strategy="steps", eval_steps=3,
                           save_strategy="steps", save_steps=3, push_to_hub=True, hub_model_id="someone/tiny-mtl")
+    figures = record_saved_figures(patch)
     try:
         run_config(config, root)
     finally:
         patch.undo()
-    return output, calls
+    log_history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    return {"output": output, "calls": calls, "figures": figures, "log_history": log_history}
 
 
 def test_reports_hold_the_numbers_of_the_results_files(run):
-    output, _ = run
+    output = run["output"]
     for split in ("eval", "test"):
         results = json.loads((output / f"{split}_results.json").read_text())
         report = (output / f"{split}_report.md").read_text()
@@ -46,15 +52,24 @@ def test_reports_hold_the_numbers_of_the_results_files(run):
         assert "topic" in report and "ner" in report
 
 
-def test_plots_exist_as_png(run):
-    output, _ = run
-    for name in ("training_loss.png", "eval_metrics.png", "confusion_matrix_topic.png"):
-        path = output / "plots" / name
-        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+def test_plots_draw_the_runs_own_losses_and_test_predictions(run):
+    output, figures = run["output"], run["figures"]
+    assert sorted(path.name for path in (output / "plots").iterdir()) == sorted(figures)
+    logged = [entry for entry in run["log_history"] if "loss" in entry]
+    assert len(logged) == 6  # max_steps 6, logging_steps 1
+    losses = plotted_lines(figures["training_loss.png"])
+    assert losses["total"] == ([float(entry["step"]) for entry in logged], [entry["loss"] for entry in logged])
+    assert losses["ner"][1] == [entry["loss_ner"] for entry in logged]
+    evaluations = [entry for entry in run["log_history"] if "eval_score" in entry]
+    assert plotted_lines(figures["eval_metrics.png"])["score"][1] == [entry["eval_score"] for entry in evaluations]
+    # The confusion matrix counts the test predictions the run wrote, one per example.
+    predictions = [json.loads(line) for line in (output / "test_predictions.jsonl").read_text().splitlines()]
+    expected = collections.Counter((row["topic"]["gold"], row["topic"]["pred"]) for row in predictions)
+    assert confusion_counts(figures["confusion_matrix_topic.png"]) == dict(expected) and len(predictions) == 16
 
 
 def test_model_card_yaml_parses_and_its_model_index_matches(run):
-    output, _ = run
+    output = run["output"]
     card = (output / "README.md").read_text()
     front_matter = yaml.safe_load(card.split("---\n")[1])
     assert "hf_mtl" in front_matter["tags"]
@@ -72,7 +87,7 @@ def test_model_card_yaml_parses_and_its_model_index_matches(run):
 
 
 def test_push_uploads_the_finished_folder_with_our_card(run):
-    output, calls = run
+    output, calls = run["output"], run["calls"]
     assert calls[0][0] == "create_repo" and calls[0][1] == "someone/tiny-mtl"
     upload = calls[1][1]
     assert upload["repo_id"] == "someone/tiny-mtl" and str(upload["folder_path"]) == str(output)
@@ -85,8 +100,9 @@ def test_push_uploads_the_finished_folder_with_our_card(run):
     assert "hf_mtl" in (output / "README.md").read_text()  # our card, not Trainer's
 
 
+@pytest.mark.subprocess
 def test_finished_folder_loads_without_hf_mtl(run, tmp_path):
-    output, _ = run
+    output = run["output"]
     script = f"""
 import sys
 sys.modules["hf_mtl"] = None

@@ -2,11 +2,10 @@
 
 import re
 
-import torch
-from conftest import REPO_ROOT, tiny_encoder_config
+from conftest import REPO_ROOT, tiny_model
 from transformers import AutoModel
 
-from hf_mtl import MultiTaskConfig, MultiTaskModel
+from hf_mtl import MultiTaskModel
 
 TASKS = [{"name": "topic", "type": "sequence_classification", "labels": ["a", "b"]}]
 
@@ -21,8 +20,7 @@ def test_package_never_unpickles_or_evaluates():
 
 
 def test_folder_code_does_not_run_when_hf_mtl_is_installed(tmp_path):
-    torch.manual_seed(0)
-    MultiTaskModel(MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=TASKS)).save_pretrained(tmp_path)
+    tiny_model(TASKS).save_pretrained(tmp_path)
     marker = tmp_path / "code_ran"
     # A tampered copy of the model code in the folder: it must not be imported without trust_remote_code.
     for name in ("modeling_mtl.py", "configuration_mtl.py"):

@@ -7,24 +7,18 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_encoder_config
+from conftest import REPO_ROOT, tiny_model
 from transformers import AutoModel
 
-from hf_mtl import MultiTaskConfig, MultiTaskModel
+from hf_mtl import MultiTaskModel
 
-TASKS = [
-    {"name": "topic", "type": "sequence_classification", "labels": ["business", "sports"]},
-    {"name": "ner", "type": "token_classification", "labels": ["O", "B-ORG", "I-ORG"]},
-]
 INPUT_IDS = [[101, 2054, 2003, 1037, 3231, 102], [101, 7592, 2088, 102, 0, 0]]
 ATTENTION = [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    torch.manual_seed(0)
-    config = MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=TASKS, loss_weights={"ner": 2.0})
-    model = MultiTaskModel(config).eval()
+    model = tiny_model(loss_weights={"ner": 2.0})
     folder = tmp_path_factory.mktemp("saved")
     model.save_pretrained(folder)
     return model, folder
@@ -53,6 +47,7 @@ def test_automodel_with_hf_mtl_installed_gives_identical_logits(saved):
         assert torch.equal(before[name], after[name]), name
 
 
+@pytest.mark.subprocess
 def test_automodel_with_remote_code_where_hf_mtl_is_not_importable(saved, tmp_path):
     model, folder = saved
     inputs = dict(input_ids=torch.tensor(INPUT_IDS), attention_mask=torch.tensor(ATTENTION))

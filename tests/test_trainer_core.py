@@ -1,12 +1,12 @@
 """Stock transformers.Trainer, given only label_names, trains the model and evaluates per-task logits."""
 
 import numpy as np
-import torch
-from conftest import tiny_encoder_config
+import pytest
+from conftest import tiny_model
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from hf_mtl import MultiTaskConfig, MultiTaskModel
+pytestmark = pytest.mark.training
 
 TASKS = [
     {"name": "topic", "type": "sequence_classification", "labels": ["even", "odd"]},
@@ -27,9 +27,7 @@ def toy_dataset(size=64, seq=8):
 
 
 def test_trainer_trains_and_evaluates_with_a_dict_of_logits(tmp_path):
-    torch.manual_seed(0)
-    config = MultiTaskConfig(encoder=tiny_encoder_config(vocab_size=50).to_dict(), tasks=TASKS)
-    model = MultiTaskModel(config)
+    model = tiny_model(TASKS, vocab_size=50)
     received = {}
 
     def compute_metrics(prediction):

@@ -12,10 +12,10 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_encoder_config
+from conftest import tiny_model
 from transformers import AutoModel
 
-from hf_mtl import MultiTaskConfig, MultiTaskModel, MultiTaskPipeline
+from hf_mtl import MultiTaskModel, MultiTaskPipeline
 from hf_mtl.errors import ModelError
 from hf_mtl.loading import load_model_folder, verify_model_folder
 
@@ -27,8 +27,7 @@ TASKS = [
 
 @pytest.fixture
 def folder(tmp_path, tokenizer):
-    torch.manual_seed(0)
-    model = MultiTaskModel(MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=TASKS))
+    model = tiny_model(TASKS)
     model.save_pretrained(tmp_path / "model", max_shard_size="1MB")  # sharded: an index and several files
     tokenizer.save_pretrained(tmp_path / "model")
     return tmp_path / "model"
@@ -164,8 +163,7 @@ def test_a_folder_saved_before_the_record_still_loads_and_is_still_checked(folde
 
 
 def test_the_rewritten_weights_file_is_complete_and_readable_by_all(tmp_path):
-    torch.manual_seed(0)
-    model = MultiTaskModel(MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=TASKS))
+    model = tiny_model(TASKS)
     model.save_pretrained(tmp_path)
     from safetensors.torch import load_file
 
@@ -178,6 +176,7 @@ def test_the_rewritten_weights_file_is_complete_and_readable_by_all(tmp_path):
     assert mode == (tmp_path / "config.json").stat().st_mode & 0o777
 
 
+@pytest.mark.subprocess
 def test_remote_code_refuses_a_hand_edited_folder_too(folder, tmp_path):
     edit_config(folder, lambda config: config["tasks"][0].update(type="token_classification"))
     script = f"""
@@ -301,14 +300,14 @@ def test_package_alias_of_a_missing_package_says_what_to_install(monkeypatch):
 def test_a_damaged_record_is_named_not_a_traceback(tmp_path, record):
     from safetensors.torch import load_file, save_file
 
-    torch.manual_seed(0)
-    MultiTaskModel(MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=TASKS)).save_pretrained(tmp_path)
+    tiny_model(TASKS).save_pretrained(tmp_path)
     path = str(tmp_path / "model.safetensors")
     save_file(load_file(path), path, metadata={"format": "pt", "hf_mtl": record})
     with pytest.raises(ModelError, match=r"the weights' 'hf_mtl' metadata is damaged"):
         load_model_folder(tmp_path)
 
 
+@pytest.mark.subprocess
 def test_offline_a_cached_hub_id_loads_and_a_typo_is_no_such_folder(folder, tmp_path):
     """Without stubs: HF_HUB_OFFLINE and a Hub cache laid out as huggingface_hub writes it."""
     revision = "0123456789abcdef0123456789abcdef01234567"

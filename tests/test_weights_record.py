@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_encoder_config
+from conftest import tiny_model
 from train_fixtures import joint_config, run_config, training_root
 
-from hf_mtl import MultiTaskConfig, MultiTaskModel
+from hf_mtl import MultiTaskModel
 
 
 def record_of(path) -> dict:
@@ -33,6 +33,7 @@ def expected_record(folder) -> dict:
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.training
 def test_a_trained_folder_and_its_checkpoints_carry_the_record(tmp_path_factory, tokenizer, lora):
     overrides = dict(max_steps=2, save_strategy="steps", save_steps=2, do_eval=False, do_predict=False)
     if lora:
@@ -63,8 +64,7 @@ def on_the_bf16_grid(values: torch.Tensor) -> torch.Tensor:
 
 
 def test_bf16_autocast_does_not_round_the_heads_outputs_to_bf16():
-    torch.manual_seed(0)
-    model = MultiTaskModel(MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=TASKS)).eval()
+    model = tiny_model(TASKS)
     input_ids = torch.randint(1000, 5000, (8, 12))
     input_ids[:, 0] = 101
     with torch.no_grad():
@@ -82,8 +82,7 @@ def test_bf16_autocast_does_not_round_the_heads_outputs_to_bf16():
 
 
 def test_a_model_cast_to_bf16_still_runs_its_heads():
-    torch.manual_seed(0)
-    model = MultiTaskModel(MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=TASKS)).eval()
+    model = tiny_model(TASKS)
     model.to(torch.bfloat16)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[101, 2054, 2003, 102]])).logits
@@ -95,8 +94,7 @@ def test_save_pretrained_with_push_to_hub_uploads_a_recorded_copy(tmp_path, monk
     # `push_to_hub`, which saves again (through the recording save_pretrained).
     pushed = []
     monkeypatch.setattr(MultiTaskModel, "push_to_hub", lambda self, repo_id, **kwargs: pushed.append((repo_id, kwargs)))
-    torch.manual_seed(0)
-    model = MultiTaskModel(MultiTaskConfig(encoder=tiny_encoder_config().to_dict(), tasks=TASKS[1:]))
+    model = tiny_model(TASKS[1:])
     model.save_pretrained(tmp_path / "mine", push_to_hub=True, commit_message="first", private=True)
     model.save_pretrained(tmp_path / "other", push_to_hub=True, repo_id="org/name")
     assert pushed == [("mine", {"commit_message": "first", "private": True}), ("org/name", {})]

@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-from conftest import REPO_ROOT, tiny_encoder_config
-from transformers import AutoModel
+from conftest import REPO_ROOT, save_tiny_encoder
 
 TOPICS = ["business", "politics", "sports", "technology"]
 NER_LABELS = ["O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER"]
@@ -51,13 +49,6 @@ def write_joint_data(folder: Path, sizes=(48, 16, 16), seed=0) -> Path:
         with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as handle:
             for _ in range(size):
                 handle.write(json.dumps(joint_example(rng)) + "\n")
-    return folder
-
-
-def save_tiny_encoder(folder: Path, tokenizer, model_type="bert") -> Path:
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_encoder_config(model_type)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     return folder
 
 

@@ -7,7 +7,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 
 from ..tasks import pad_row
-from .preprocessing import MODEL_INPUTS
+from .preprocessing import MODEL_INPUTS, TOWER_INPUTS
 
 
 @dataclass
@@ -15,8 +15,9 @@ class MultiTaskCollator:
     """
     Pads `input_ids`, `attention_mask`, `token_type_ids` (and `word_start_mask`, with 0) to the longest row of the batch (or a multiple of
     `pad_to_multiple_of`), collates each task's `<task>_labels` as its kind says (token labels padded with -100 on
-    the tokenizer's padding side, class ids stacked, multi-hot rows and regression targets as floats), and drops
-    every other column (`length`, `word_ids`, `words`, `<task>_gold`).
+    the tokenizer's padding side, class ids stacked, multi-hot rows and regression targets as floats), pads the
+    bi-encoder towers' inputs (`pair_input_ids`, `negative_input_ids`, ...) on their own, and drops every other
+    column (`length`, `word_ids`, `words`, `<task>_gold`).
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -28,6 +29,9 @@ class MultiTaskCollator:
         batch = pad_without_fast_tokenizer_warning(
             self.tokenizer, inputs, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
         )
+        for tower, names in TOWER_INPUTS.items():
+            if names[0] in features[0]:
+                batch.update(self.pad_tower(features, tower, names))
         sequence_length = batch["input_ids"].shape[1]
         if "word_start_mask" in features[0]:
             batch["word_start_mask"] = torch.tensor(
@@ -41,3 +45,16 @@ class MultiTaskCollator:
             values = [feature[key].tolist() if torch.is_tensor(feature[key]) else feature[key] for feature in features]
             batch[key] = task.collate_labels(values, sequence_length, self.tokenizer.padding_side)
         return dict(batch)
+
+    def pad_tower(self, features: list, tower: str, names: tuple) -> dict:
+        """A bi-encoder tower's inputs padded on their own; a row without one (another data set's) gets the
+        tokenizer's empty input, so every batch runs the tower (DDP and FSDP need the same graph on every rank)."""
+        empty = self.tokenizer("")
+        rows = []
+        for feature in features:
+            values = {name.split("_", 1)[1]: feature[name] for name in names if name in feature}
+            rows.append(values if len(values["input_ids"]) else {key: empty[key] for key in values})
+        padded = pad_without_fast_tokenizer_warning(
+            self.tokenizer, rows, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
+        )
+        return {f"{tower}_{key}": value for key, value in padded.items()}

@@ -8,11 +8,12 @@ from functools import partial
 from datasets import Dataset, concatenate_datasets
 
 from ..errors import ConfigError, DataError
-from ..tasks import Task, parse_task, tag_problem
+from ..tasks import Task, parse_task
+from .tags import tag_problem
 from .preprocessing import check_fast_tokenizer, class_label_names, encode_split, normalize_split
 from .readers import json_lines_location, load_raw_dataset
-from .sampling import TrainMixture, sampling_probabilities
-from .specs import check_dataset_specs, parse_tasks
+from .sampling import TaskSampling, TrainMixture, check_sampling_settings, sampling_probabilities
+from .specs import check_dataset_specs, input_column_keys, parse_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def prepare_datasets(
     max_seq_length: int = 128,
     label_all_tokens: bool = False,
     validation_split_percentage: float = 5,
-    task_sampling: str = "proportional",
+    task_sampling: TaskSampling | str = TaskSampling.PROPORTIONAL,
     sampling_temperature: float = 2.0,
     seed: int = 42,
     base_dir=".",
@@ -57,28 +58,22 @@ def prepare_datasets(
     trained_tasks: dict | None = None,
 ) -> PreparedData:
     """
-    Read every data set the tasks name, check it, resolve each task (labels, class weights, target scale) and
-    encode it.
-
-    Tasks that name the same data set are joint (one row carries all their labels); rows of a data set carry "no
-    label" for the tasks of other data sets. Several train splits are mixed with `task_sampling` (re-drawn every
-    epoch, see `TrainMixture`); validation and test splits are concatenated. `trained_tasks`: name -> task dict of
-    the trained model a run continues from; a task of that name reuses its head (and label list) unless it sets
-    `reinit_head`. A task's labels come, in this order, from its `labels` key, the reused head, the column's
-    `ClassLabel` names, or the train split (sorted; `O` first for tags). Every bad input raises one `ConfigError` /
-    `DataError` before anything is encoded.
+    Read every data set the tasks name, check it, resolve each task (labels, class weights, target scale), encode it.
+    `tasks`: the config's task dicts, or the `Task`s the run's preflight parsed from them. Tasks that name the same
+    data set are joint (one row carries all their labels); rows of a data set carry "no label" for the tasks of other
+    data sets. Several train splits are mixed with `task_sampling` (re-drawn every epoch, see `TrainMixture`);
+    validation and test splits are concatenated. `trained_tasks`: name -> task dict of the trained model a run
+    continues from; a task of that name reuses its head (and label list) unless it sets `reinit_head`. A task's labels
+    come, in this order, from its `labels` key, the reused head, the column's `ClassLabel` names, or the train split
+    (sorted; `O` first for tags). Every bad input raises one `ConfigError` / `DataError` before anything is encoded.
     """
     check_dataset_specs(datasets)
     tasks = parse_tasks(tasks, datasets)
     wheres = {task.name: f"tasks[{index}]" for index, task in enumerate(tasks)}
     check_run_arguments(max_seq_length, validation_split_percentage, splits)
-    sampling_probabilities({"check": 1}, task_sampling, sampling_temperature)  # a bad strategy fails before any read
+    task_sampling = check_sampling_settings(task_sampling, sampling_temperature)  # before any file is read
     check_fast_tokenizer(tokenizer)
-    trained_heads = {
-        task.name: reused_head(task, (trained_tasks or {})[task.name], wheres[task.name])
-        for task in tasks
-        if task.name in (trained_tasks or {}) and not task.reinit_head
-    }
+    trained_heads = reused_heads(tasks, trained_tasks or {}, wheres)
     tasks = [task.resolve(None, trained_heads.get(task.name)) if task.name in trained_heads else task for task in tasks]
     groups = group_joint_tasks(tasks, wheres)
 
@@ -88,7 +83,34 @@ def prepare_datasets(
             name, datasets[name], group, wheres, splits, summary, base_dir=base_dir,
             validation_split_percentage=validation_split_percentage, seed=seed, num_proc=num_proc,
         )
+    tasks, groups = resolve_labels(tasks, groups, normalized, trained_heads, wheres)
+    encoded = {
+        name: encode_data_set(
+            name, by_split, groups[name], tasks, tokenizer, splits, summary, max_seq_length=max_seq_length,
+            label_all_tokens=label_all_tokens, num_proc=num_proc,
+        )
+        for name, by_split in normalized.items()
+    }
+    train_sets = {name: by_split["train"] for name, by_split in encoded.items() if "train" in by_split}
+    tasks = resolve_class_weights(tasks, train_sets, trained_heads, summary)
+    probabilities, train, train_mixture = mix_train_sets(train_sets, task_sampling, sampling_temperature, seed, summary)
+    return PreparedData(
+        tasks=tasks, train=train, validation=concatenated(encoded, "validation"), test=concatenated(encoded, "test"),
+        sampling_probabilities=probabilities, summary=summary, train_mixture=train_mixture,
+    )
 
+
+def reused_heads(tasks: list, trained_tasks: dict, wheres: dict) -> dict:
+    """Task name -> the trained head's task dict, for each task that continues a head of the trained model."""
+    return {
+        task.name: reused_head(task, trained_tasks[task.name], wheres[task.name])
+        for task in tasks
+        if task.name in trained_tasks and not task.reinit_head
+    }
+
+
+def resolve_labels(tasks: list, groups: dict, normalized: dict, trained_heads: dict, wheres: dict) -> tuple:
+    """(tasks, groups) with each task's label list resolved from its train split (or reused head), and checked."""
     resolved = {}
     for group in groups.values():
         for task in group:
@@ -100,30 +122,37 @@ def prepare_datasets(
             resolved[task.name] = task
     tasks = [resolved[task.name] for task in tasks]
     groups = {name: [resolved[task.name] for task in group] for name, group in groups.items()}
+    return tasks, groups
 
-    with_pair_words = any(task.input_columns[2] is not None for task in tasks)
+
+def encode_data_set(name, by_split, group, tasks, tokenizer, splits, summary, *, max_seq_length, label_all_tokens,
+                    num_proc) -> dict:
+    """Split -> encoded rows of one data set's normalized splits (those the run uses), with `<task>_labels` for every
+    task of the run; unknown labels and truncation are reported."""
+    report_unknown_labels(name, by_split, group, summary)
     encoded = {}
-    for name, by_split in normalized.items():
-        report_unknown_labels(name, by_split, groups[name], summary)
-        encoded[name] = {}
-        for split, rows in by_split.items():
-            if split not in splits:
-                continue
-            encoded[name][split] = encode_split(
-                rows,
-                tokenizer,
-                tasks,
-                max_seq_length=max_seq_length,
-                label_all_tokens=label_all_tokens,
-                with_eval_columns=split != "train",
-                with_pair_words=with_pair_words,
-                with_word_starts=any(task.needs_word_starts for task in tasks),
-                num_proc=num_proc,
-                desc=f"Tokenizing {name} {split}",
-            )
-            encoded[name][split] = report_truncation(f"{name} {split}", encoded[name][split], max_seq_length, summary)
+    for split, rows in by_split.items():
+        if split not in splits:
+            continue
+        rows = encode_split(
+            rows,
+            tokenizer,
+            tasks,
+            max_seq_length=max_seq_length,
+            label_all_tokens=label_all_tokens,
+            with_eval_columns=split != "train",
+            with_pair_words=any(task.input_columns[2] is not None for task in tasks),
+            with_word_starts=any(task.needs_word_starts for task in tasks),
+            towers=run_towers(tasks),
+            num_proc=num_proc,
+            desc=f"Tokenizing {name} {split}",
+        )
+        encoded[split] = report_truncation(f"{name} {split}", rows, max_seq_length, summary)
+    return encoded
 
-    train_sets = {name: by_split["train"] for name, by_split in encoded.items() if "train" in by_split}
+
+def resolve_class_weights(tasks: list, train_sets: dict, trained_heads: dict, summary: list) -> list:
+    """Each task with its class weights (or target scale) from its encoded train split; one summary line per task."""
     tasks = [
         task.resolve_weights(
             train_sets[task.dataset][f"{task.name}_labels"] if task.dataset in train_sets else None,
@@ -134,40 +163,33 @@ def prepare_datasets(
     for task in tasks:
         size = "a number" if task.labels is None else f"{len(task.labels)} labels"
         summary.append(f"task {task.name} ({task.kind}, data set {task.dataset}): {size}")
-    probabilities = (
-        sampling_probabilities(
-            {name: len(rows) for name, rows in train_sets.items()}, task_sampling, sampling_temperature
-        )
-        if train_sets
-        else {}
-    )
-    train, train_mixture = None, None
+    return tasks
+
+
+def mix_train_sets(train_sets: dict, task_sampling: TaskSampling, sampling_temperature: float, seed: int,
+                   summary: list) -> tuple:
+    """(each data set's share, the train set, its `TrainMixture` or None): one data set's train split as it is,
+    several concatenated and drawn from every epoch by their shares."""
+    if not train_sets:
+        return {}, None, None
+    sizes = {name: len(rows) for name, rows in train_sets.items()}
+    probabilities = sampling_probabilities(sizes, task_sampling, sampling_temperature)
     if len(train_sets) == 1:
-        train = next(iter(train_sets.values()))
-    elif train_sets:
-        train = concatenate_datasets(list(train_sets.values()))
-        train_mixture = TrainMixture(
-            sizes=tuple(len(rows) for rows in train_sets.values()), probabilities=tuple(probabilities.values()), seed=seed
-        )
-        shares = ", ".join(f"{name} {share:.1%}" for name, share in probabilities.items())
-        summary.append(
-            f"train: {len(train_sets)} data sets mixed ({task_sampling}): {shares} of "
-            f"{train_mixture.rows_per_epoch:,} rows per epoch, re-drawn every epoch"
-        )
-
-    def concatenated(split):
-        parts = [by_split[split] for by_split in encoded.values() if split in by_split]
-        return concatenate_datasets(parts) if parts else None
-
-    return PreparedData(
-        tasks=tasks,
-        train=train,
-        validation=concatenated("validation"),
-        test=concatenated("test"),
-        sampling_probabilities=probabilities,
-        summary=summary,
-        train_mixture=train_mixture,
+        return probabilities, next(iter(train_sets.values())), None
+    train = concatenate_datasets(list(train_sets.values()))
+    train_mixture = TrainMixture(sizes=tuple(sizes.values()), probabilities=tuple(probabilities.values()), seed=seed)
+    shares = ", ".join(f"{name} {share:.1%}" for name, share in probabilities.items())
+    summary.append(
+        f"train: {len(train_sets)} data sets mixed ({task_sampling.value}): {shares} of "
+        f"{train_mixture.rows_per_epoch:,} rows per epoch, re-drawn every epoch"
     )
+    return probabilities, train, train_mixture
+
+
+def concatenated(encoded: dict, split: str):
+    """The split of every data set that has it, concatenated; None when none has."""
+    parts = [by_split[split] for by_split in encoded.values() if split in by_split]
+    return concatenate_datasets(parts) if parts else None
 
 
 def reused_head(task: Task, trained: dict, where: str) -> dict:
@@ -204,17 +226,33 @@ def check_run_arguments(max_seq_length, validation_split_percentage, splits):
         raise ConfigError(f"splits: {list(splits)!r} must name some of {', '.join(SPLITS)}")
 
 
+def run_towers(tasks: list) -> tuple:
+    """The second inputs every row of the run carries for its bi-encoder tasks: `pair`, and `negative` where a task
+    reads hard negatives (empty in the rows of other data sets: the collator gives them a minimal input, so that every
+    batch runs the same towers, as DDP and FSDP need)."""
+    towers = ("pair",) if any(task.encodes_pair_separately for task in tasks) else ()
+    return towers + (("negative",) if any(task.negative_column is not None for task in tasks) else ())
+
+
 def group_joint_tasks(tasks: list, wheres: dict) -> dict:
     """Data set name -> its tasks; the joint tasks of one data set must read the same input columns."""
     groups = {}
     for task in tasks:
         group = groups.setdefault(task.dataset, [])
+        if group and task.input_columns == group[0].input_columns and (
+                task.encodes_pair_separately, task.negative_column) != (
+                group[0].encodes_pair_separately, group[0].negative_column):
+            separate, joined = (task, group[0]) if task.encodes_pair_separately else (group[0], task)
+            raise ConfigError(
+                f"{wheres[task.name]}.dataset: task {separate.name!r} ({separate.kind}) encodes each text of a pair "
+                f"(and a hard negative) on its own, task {joined.name!r} on the same data set {task.dataset!r} reads "
+                "them otherwise; declare the data set twice (one entry per way of reading it)"
+            )
         if group and task.input_columns != group[0].input_columns:
             kind, column, pair = task.input_columns
             other_kind, other_column, other_pair = group[0].input_columns
-            key = "text_column" if kind == "text" else "tokens_column"
-            if (kind, column) == (other_kind, other_column):
-                key = "text_pair_column" if kind == "text" else "tokens_pair_column"
+            input_key, pair_key = input_column_keys(kind)
+            key = pair_key if (kind, column) == (other_kind, other_column) else input_key
             raise ConfigError(
                 f"{wheres[task.name]}.{key}: task {task.name!r} reads {describe_input(kind, column, pair)} but task "
                 f"{group[0].name!r} on the same data set {task.dataset!r} reads "
@@ -238,10 +276,10 @@ def read_and_normalize(
         # A ClassLabel column brings its own label list (and ids), as Hub data sets do.
         for rows in raw.values():
             names = class_label_names(rows.features[task.target_column]) if task.target_column in rows.features else None
-            if task.labels is None and names is not None and task.kind != "regression":
+            if task.labels is None and names is not None and task.takes_labels:
                 task = group[index] = dataclasses.replace(task, labels=tuple(names))
     carve = "validation" in splits and "validation" not in raw and validation_split_percentage > 0
-    needs_train = "train" in splits or carve or any(task.labels is None and task.kind != "regression" for task in group)
+    needs_train = "train" in splits or carve or any(task.labels is None and task.takes_labels for task in group)
     where = spec.get("path") or spec.get("data_files")
     if needs_train and ("train" not in raw or len(raw["train"]) == 0):
         found = ", ".join(f"{split} {len(rows):,}" for split, rows in raw.items()) or "nothing"

@@ -12,8 +12,9 @@ from pathlib import Path
 import datasets
 
 from ..errors import ConfigError, DataError
+from ..json_files import malformed_json
 from .specs import check_dataset_spec
-from ..tasks import tag_problem as bio_tag_problem
+from .tags import tag_problem as bio_tag_problem
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def json_syntax_error(path: Path) -> str | None:
         json.loads("\n".join(lines))
         return None  # one JSON document
     except json.JSONDecodeError as error:
-        whole = f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}"
+        whole = malformed_json(path, error)
     if not next((line for line in lines if line.strip()), "").lstrip().startswith("{"):
         return whole
     for number, line in enumerate(lines, start=1):  # JSON Lines: one object a line

@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import torch
@@ -10,22 +11,45 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ..errors import ConfigError
 
-SAMPLING_STRATEGIES = ("proportional", "temperature", "uniform")
 
 
-def sampling_probabilities(
-    sizes: dict[str, int], strategy: str = "proportional", temperature: float = 2.0
-) -> dict[str, float]:
-    """Share of each data set in an epoch: p ∝ n (proportional), p ∝ n^(1/T) (temperature) or p = 1/k (uniform)."""
-    if strategy not in SAMPLING_STRATEGIES:
-        raise ConfigError(f"task_sampling: {strategy!r} is not one of {', '.join(SAMPLING_STRATEGIES)}")
-    if strategy == "temperature" and not (
+class TaskSampling(StrEnum):
+    """`task_sampling`: each data set's share of a mixed epoch, p ∝ n (proportional), p ∝ n^(1/T) (temperature, T =
+    `sampling_temperature`) or p = 1/k (uniform). A `str`: the config and the run record hold its value."""
+
+    PROPORTIONAL = "proportional"
+    TEMPERATURE = "temperature"
+    UNIFORM = "uniform"
+
+    @classmethod
+    def parse(cls, value) -> "TaskSampling":
+        """The member of that value; else a `ConfigError` naming the value and the choices."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"task_sampling: {value!r} is not one of {', '.join(cls)}") from None
+
+
+def check_sampling_settings(strategy, temperature) -> TaskSampling:
+    """The strategy as a `TaskSampling`, and for temperature sampling a temperature > 0 (`ConfigError` otherwise)."""
+    strategy = TaskSampling.parse(strategy)
+    if strategy is TaskSampling.TEMPERATURE and not (
         isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
     ):
         raise ConfigError(f"sampling_temperature: a number > 0 is required, got {temperature!r}")
+    return strategy
+
+
+def sampling_probabilities(
+    sizes: dict[str, int], strategy: TaskSampling | str = TaskSampling.PROPORTIONAL, temperature: float = 2.0
+) -> dict[str, float]:
+    """Share of each data set in an epoch: p ∝ n (proportional), p ∝ n^(1/T) (temperature) or p = 1/k (uniform)."""
+    strategy = check_sampling_settings(strategy, temperature)
     if not sizes or any(size <= 0 for size in sizes.values()):
         raise ConfigError(f"task_sampling: every data set needs train examples to be sampled, got sizes {sizes}")
-    exponent = {"proportional": 1.0, "temperature": 1.0 / temperature, "uniform": 0.0}[strategy]
+    exponent = {
+        TaskSampling.PROPORTIONAL: 1.0, TaskSampling.TEMPERATURE: 1.0 / temperature, TaskSampling.UNIFORM: 0.0
+    }[strategy]
     weights = {name: size**exponent for name, size in sizes.items()}
     total = sum(weights.values())
     return {name: weight / total for name, weight in weights.items()}

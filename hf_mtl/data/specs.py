@@ -1,21 +1,32 @@
 """The `tasks` and `datasets` blocks of a run config, checked field by field before any file is read."""
 
 from ..errors import ConfigError
-from ..tasks import parse_task
+from ..tasks import Task, parse_task
 
 FORMATS = ("jointbert", "conll", "json", "csv", "tsv", "parquet", "hub")
 TAG_SCHEMES = ("iob1", "iob2")
 DATASET_KEYS = ("path", "format", "name", "splits", "data_files", "tag_scheme", "column_names")
+# A task's config keys of its input columns, by the input's kind (the first item of `Task.input_columns`).
+INPUT_COLUMN_KEYS = {
+    "text": ("text_column", "text_pair_column"),
+    "words": ("tokens_column", "tokens_pair_column"),
+}
+
+
+def input_column_keys(input_kind: str) -> tuple:
+    """`(key of the input column, key of the pair's second column)` of an input kind, "text" or "words"."""
+    return INPUT_COLUMN_KEYS[input_kind]
 
 
 def parse_tasks(tasks: list, dataset_names) -> list:
-    """The `tasks` block as [`Task`]s: at least one task, each valid for its kind, unique names, declared data sets."""
+    """The `tasks` block as [`Task`]s: at least one task, each valid for its kind, unique names, declared data sets.
+    Items that are `Task`s already (the preflight's) are kept as they are, and checked against each other."""
     if not isinstance(tasks, (list, tuple)) or not tasks:
         raise ConfigError("tasks: a non-empty list of tasks is required")
     parsed = []
     for index, task in enumerate(tasks):
         where = f"tasks[{index}]"
-        task = parse_task(task, where)
+        task = task if isinstance(task, Task) else parse_task(task, where)
         if task.name in [other.name for other in parsed]:
             raise ConfigError(f"{where}.name: task name {task.name!r} is used twice")
         if task.dataset not in dataset_names:

@@ -12,6 +12,7 @@ prediction) is wrong and of no class.
 `"multi_label_classification"`: exact-set accuracy, micro- and macro-averaged precision/recall/F1 over labels and
 per-label scores (scikit-learn's definitions on the binarised label sets).
 `"regression"`: Pearson and Spearman correlation (scipy), mean squared and mean absolute error.
+`"sentence_similarity"`: the same as `"regression"`, of the cosine of a pair's embeddings against its gold score.
 Averages run over the labels present in the references or predictions, like scikit-learn's defaults.
 """
 
@@ -43,17 +44,26 @@ Returns:
     `"multi_label_classification"`: `accuracy` (exact set), `micro_precision`, `micro_recall`, `micro_f1`,
     `macro_precision`, `macro_recall`, `macro_f1`, and `per_label` (`number`: gold examples with the label).
     `"regression"`: `pearson`, `spearman` (0.0 where undefined: fewer than 2 examples or a constant side), `mse`,
-    `mae`.
+    `mae`; `"sentence_similarity"` the same keys.
 Examples:
     >>> metric = evaluate.load("hf_mtl/metrics/multitask_metrics", "token_classification")
     >>> metric.compute(predictions=[["B-PER", "O"]], references=[["B-PER", "O"]])["overall_f1"]
     1.0
 """
 
-CONFIGS = (
-    "single_label_classification", "multi_label_classification", "regression", "token_classification",
-    "token_classification_bioes", "token_classification_plain",
-)
+LABEL = datasets.Value("string")
+LABELS = datasets.Sequence(datasets.Value("string"))
+# Config name (a task kind, or a token task's tag format) -> (the feature of a prediction and a reference, the method
+# that scores them).
+CONFIGS = {
+    "single_label_classification": (LABEL, "_compute_classification"),
+    "multi_label_classification": (LABELS, "_compute_multi_label"),
+    "regression": (datasets.Value("float64"), "_compute_regression"),
+    "sentence_similarity": (datasets.Value("float64"), "_compute_regression"),  # the cosine against the gold score
+    "token_classification": (LABELS, "_compute_seqeval"),
+    "token_classification_bioes": (LABELS, "_compute_seqeval_bioes"),
+    "token_classification_plain": (LABELS, "_compute_plain_tags"),
+}
 NO_TAG = ""  # the plain-tag prediction of a word the model gave no tag
 
 
@@ -78,14 +88,7 @@ class MultitaskMetrics(evaluate.Metric):
     def _info(self):
         if self.config_name not in CONFIGS:
             raise KeyError(f"config_name must be one of {list(CONFIGS)}, got {self.config_name!r}")
-        label = {
-            "single_label_classification": datasets.Value("string"),
-            "multi_label_classification": datasets.Sequence(datasets.Value("string")),
-            "regression": datasets.Value("float64"),
-            "token_classification": datasets.Sequence(datasets.Value("string")),
-            "token_classification_bioes": datasets.Sequence(datasets.Value("string")),
-            "token_classification_plain": datasets.Sequence(datasets.Value("string")),
-        }[self.config_name]
+        label = CONFIGS[self.config_name][0]
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation="",
@@ -95,15 +98,7 @@ class MultitaskMetrics(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        compute = {
-            "single_label_classification": self._compute_classification,
-            "multi_label_classification": self._compute_multi_label,
-            "regression": self._compute_regression,
-            "token_classification": self._compute_seqeval,
-            "token_classification_bioes": self._compute_seqeval_bioes,
-            "token_classification_plain": self._compute_plain_tags,
-        }[self.config_name]
-        return compute(predictions, references)
+        return getattr(self, CONFIGS[self.config_name][1])(predictions, references)
 
     def _compute_seqeval(self, predictions, references):
         results = {}

@@ -2,7 +2,7 @@
 or folder in place.
 
 ```python
-from hf_mtl.outputs import StagedOutput
+from hf_mtl.atomic_files import StagedOutput
 
 with StagedOutput("ner-model", inputs=[model_dir], where="--output") as output:
     model.save_pretrained(output.path)        # build the whole output in output.path ...
