@@ -123,7 +123,8 @@ def build_scaled_tiny_model(folder: Path, tokenizer, tasks, model_type="bert", p
     model = MultiTaskModel.from_encoder(str(folder / "encoder"), tasks=tasks, pooling=pooling)
     with torch.no_grad():
         for head in model.heads.values():
-            head.classifier.weight.normal_(std=2.0)
+            if hasattr(head, "classifier"):  # a bi-encoder head has no weights of its own
+                head.classifier.weight.normal_(std=2.0)
     model.save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "model")
     return folder / "model"

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import requests
 from pipeline_helpers import SENTENCES, build_scaled_tiny_model, raw_text
 from serve_helpers import SERVE_TASKS, ThreadedServer, assert_same_outputs, in_flight, wait_healthy
 
@@ -298,3 +299,16 @@ def test_default_precision_follows_the_cpu_and_caches_its_measurement(pipe, tmp_
     (tmp_path / "serve_precision.json").write_text(json.dumps(cache))
     assert precision.choose_bf16(pipe, "torch", None)[0] is False
     assert precision.choose_bf16(pipe, "onnx", None)[0] is False
+
+
+def test_a_bi_encoder_head_scores_pairs_on_predict_all_and_is_not_a_predict_head(tmp_path, tokenizer):
+    tasks = [{"name": "sim", "type": "sentence_similarity", "loss": "cosent"}, SERVE_TASKS[0]]
+    folder = build_scaled_tiny_model(tmp_path / "model", tokenizer, tasks)
+    pair = {"text": "Paris is lovely in spring", "text_pair": "Lyon is pretty in May"}
+    expected = MultiTaskPipeline(str(folder), bf16=False)([pair, "Paris is lovely"])
+    with ThreadedServer(ServeSettings(model=str(folder), bf16=False)) as server:
+        both = post(server, "/predict_all", {"inputs": [pair, "Paris is lovely"]})
+        assert both[0]["sim"]["score"] == pytest.approx(expected[0]["sim"]["score"], abs=1e-5)
+        assert "sim" not in both[1] and both[1]["topic"]["label"] == expected[1]["topic"]["label"]
+        assert requests.get(server.url + "/info", timeout=10).json()["default_head"] == "topic"
+        post(server, "/heads/sim/predict", {"inputs": "Paris"}, status=422)
