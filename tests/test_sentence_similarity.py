@@ -145,3 +145,15 @@ def test_unscored_pairs_are_scored_by_retrieval_over_the_split():
     assert ranks.tolist() == [1, 2, 2, 0]
     result = pairs.compute([{"gold": 1.0, "pred": int(rank)} for rank in ranks[:3]])
     assert result["recall_at_1"] == pytest.approx(1 / 3) and result["mrr_at_10"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+
+
+def test_scored_pairs_are_scored_like_scipy():
+    from scipy import stats
+
+    scored = parse_task({**STS, "dataset": "d", "text_column": "a", "text_pair_column": "b", "label_column": "s"}, "t")
+    generator = np.random.default_rng(1)
+    gold, cosines = generator.uniform(0, 5, 40), generator.uniform(-1, 1, 40)
+    result = scored.compute([{"gold": float(g), "pred": float(c)} for g, c in zip(gold, cosines)])
+    assert result["spearman"] == pytest.approx(stats.spearmanr(cosines, gold)[0], abs=1e-9)
+    assert result["pearson"] == pytest.approx(stats.pearsonr(cosines, gold)[0], abs=1e-9)
+    assert scored.flatten(result) == {"spearman": result["spearman"], "pearson": result["pearson"]}
