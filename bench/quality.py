@@ -7,8 +7,12 @@
     python bench/quality.py --smoke [--results-dir D]   # CI: a few dozen steps of a row on a tiny subset
 
 Run from the repository root. Data are read from ../shared/data (never copied into the repository); the AG News
-split (6,000 / 800 / 800 of its 7,600-row test file, seeded permutation) is written to bench/runs/data/, which is
-git-ignored like every model folder under bench/runs/.
+split (6,000 / 800 / 800 of its 7,600-row test file, seeded permutation) and the SNIPS rehearsal share (10 % of SNIPS
+train, seeded, with dev and test copied) are written to bench/runs/data/, which is git-ignored like every model folder
+under bench/runs/.
+
+The continual and distillation rows start from, or learn from, models other rows trained (`bench/runs/<folder>`);
+a row whose folder is missing stops before it runs and prints the command that makes it.
 
 hf_mtl rows run `python run_mtl.py <config>` in a subprocess (the config is written next to the run); the stock
 baselines train `AutoModelForSequenceClassification` / `AutoModelForTokenClassification` with a plain
@@ -46,6 +50,8 @@ MARK_END = "<!-- quality-table:end -->"
 
 AG_SPLIT = {"train": 6000, "validation": 800, "test": 800}
 AG_SEED = 0
+SNIPS_REHEARSAL_SHARE = 0.10  # of SNIPS train (13,084 utterances): 1,308 kept for the rehearsal row
+SNIPS_REHEARSAL_SEED = 0
 
 # ---------------------------------------------------------------------------------------------------------------------
 # rows
@@ -129,15 +135,69 @@ def with_keys(config: dict, **keys) -> dict:
     return config
 
 
+def run_folder(name: str) -> str:
+    """The model folder another row (or run) trained, as a config names it: relative to the repository root."""
+    return f"bench/runs/{name}"
+
+
+# The folders the continual and distillation rows start from or learn from, and the command that makes each (a
+# separate results folder, so the existing result files of those rows stay as they are).
+CONTINUAL_START = "snips_recipe_crf"
+TRAINED_FOLDERS = {
+    CONTINUAL_START: "python run_mtl.py bench/configs/snips_minilm.json --output_dir bench/runs/snips_recipe_crf",
+    **{name: f"python bench/quality.py --results-dir /tmp/teachers --row {name}"
+       for name in ("conll_ner_only", "ag_topic_only", "snips_recipe_intent_only_seed1",
+                    "snips_recipe_slots_only_seed1")},
+}
+
+
+def needs(*names) -> dict:
+    """A row's `needs`: model folder -> the command that trains it."""
+    return {run_folder(name): TRAINED_FOLDERS[name] for name in names}
+
+
+def continual_recipe(snips_train=False) -> dict:
+    """
+    The trained SNIPS recipe model (intent + CRF slots, seed 1) given CoNLL-2003 NER with the CoNLL part of the
+    CoNLL + AG News recipe (2 epochs, encoder lr 1e-4, head lr 1e-3, batch 32, bf16, dev per epoch, best checkpoint).
+    SNIPS is an eval-only data set (its dev and test, no train split): its tasks are scored, start and end, and not
+    trained on gold. `snips_train`: 10 % of SNIPS train as its train split instead (rehearsal), mixed proportionally.
+    The SNIPS task blocks are the recipe's own, so both heads of the starting model are reused as they are.
+    Selection is on CoNLL dev NER F1, the new task, in every row: `eval_score` would average in the SNIPS scores and
+    make the choice of epoch a protection of its own, which blurs the comparison of the protections (and NER alone,
+    the row the new task is compared with, is selected on its NER F1 too).
+    """
+    config, snips = only_tasks(conll_ag_recipe(), {"ner"}), snips_recipe()
+    snips_spec = ({"path": "@snips_rehearsal", "format": "jointbert"} if snips_train else
+                  dict(snips["datasets"]["snips"], splits={"validation": "dev", "test": "test"}))
+    config["model_name_or_path"] = run_folder(CONTINUAL_START)
+    config["datasets"] = {"snips": snips_spec, **config["datasets"]}
+    config["tasks"] = snips["tasks"] + config["tasks"]
+    config.update(metric_for_best_model="eval_ner_f1", seed=1)
+    return config
+
+
+def distillation(teachers: dict, alpha=0.5, temperature=2.0) -> dict:
+    """The `distillation` config key: task -> teacher folder or "self"."""
+    return {"teachers": teachers, "alpha": alpha, "temperature": temperature}
+
+
+def conll_ag_joint(seed: int) -> dict:
+    """The joint CoNLL-2003 + AG News setting dev chose (temperature T=2, topic loss weight 0.5)."""
+    return with_keys(conll_ag_recipe(), task_sampling="temperature", sampling_temperature=2.0,
+                     loss_weights={"topic": 0.5}, seed=seed)
+
+
 def build_rows() -> dict:
-    """Row name -> {setting, kind, describe, config() (hf_mtl rows) / task (stock rows)}, in the tables' order."""
+    """Row name -> {setting, kind, describe, config() (hf_mtl rows) / task (stock rows)}, in the tables' order;
+    `needs`: the model folders a row starts from or learns from."""
     rows = {}
 
     def add(name, setting, kind, describe, **spec):
         rows[name] = dict(name=name, setting=setting, kind=kind, describe=describe, **spec)
 
     for add_setting in (add_snips_rows, add_snips_lora_rows, add_snips_dev_rows, add_conll_ag_rows,
-                        add_pairs_and_mixsnips_rows, add_embedding_rows):
+                        add_pairs_and_mixsnips_rows, add_embedding_rows, add_continual_rows, add_distillation_rows):
         add_setting(add)
     return rows
 
@@ -290,6 +350,53 @@ def add_embedding_rows(add) -> None:
         config=lambda: with_keys(snips_with_sts_biencoder(), seed=1), seed=1)
 
 
+def add_continual_rows(add) -> None:
+    """The trained SNIPS model given CoNLL-2003 NER without SNIPS training data: what SNIPS loses under each
+    protection (no protection, frozen heads, frozen lower layers, distillation from the starting model, rehearsal)."""
+    start = needs(CONTINUAL_START)
+    for name, describe, keys in (
+        ("continual_none", "no protection", {}),
+        ("continual_freeze_heads", "`freeze_heads` intent, slots (the encoder still moves)",
+         {"freeze_heads": ["intent", "slots"]}),
+        ("continual_frozen_layers", "`freeze_layers: 4` (embeddings + 4 of 6 layers frozen)", {"freeze_layers": 4}),
+        ("continual_distill_self", 'distillation from `"self"` (intent, slots; T=2; no SNIPS gold, so the teacher '
+                                   "alone trains them, on CoNLL sentences)",
+         {"distillation": distillation({"intent": "self", "slots": "self"})}),
+        # The teachers' share of the loss against the new task's: at weight 1 the old tasks hold and NER is held
+        # back (both measured), so two lighter weights of the distilled tasks.
+        *((f"continual_distill_self_w{str(weight).replace('.', '')}",
+           f'distillation from `"self"`, loss weight {weight} on intent and slots',
+           {"distillation": distillation({"intent": "self", "slots": "self"}),
+            "loss_weights": {"intent": weight, "slots": weight}}) for weight in (0.1, 0.3)),
+    ):
+        add(name, "continual", "mtl", f"{describe}, seed 1",
+            config=lambda keys=keys: with_keys(continual_recipe(), **keys), seed=1, needs=start)
+    add("continual_rehearsal", "continual", "mtl",
+        f"rehearsal: {SNIPS_REHEARSAL_SHARE * 100:.0f} % of SNIPS train (1,308 utterances) mixed in proportionally, "
+        "seed 1",
+        config=lambda: continual_recipe(snips_train=True), seed=1, needs=start)
+
+
+def add_distillation_rows(add) -> None:
+    """Single-task teachers distilled into the joint student (MT-DNN's answer to the multi-task gap), 3 seeds; the
+    teachers are the seed-1 single-task models for every seed of the student."""
+    for seed in (1, 2, 3):
+        add("conll_ag_distill" + (f"_seed{seed}" if seed > 1 else ""), "distillation", "mtl",
+            "hf_mtl NER + topic (temperature T=2, topic weight 0.5), teachers conll_ner_only + ag_topic_only "
+            f"(alpha 0.5, T=2), seed {seed}",
+            config=lambda seed=seed: with_keys(conll_ag_joint(seed), distillation=distillation(
+                {"ner": run_folder("conll_ner_only"), "topic": run_folder("ag_topic_only")})),
+            seed=seed, needs=needs("conll_ner_only", "ag_topic_only"))
+    for seed in (1, 2, 3):
+        add(f"snips_recipe_distill_seed{seed}", "distillation", "mtl",
+            "hf_mtl joint intent + slots (recipe), teachers snips_recipe_intent_only_seed1 + "
+            f"snips_recipe_slots_only_seed1 (alpha 0.5, T=2; needs their folders), seed {seed}",
+            config=lambda seed=seed: with_keys(snips_recipe(), seed=seed, distillation=distillation(
+                {"intent": run_folder("snips_recipe_intent_only_seed1"),
+                 "slots": run_folder("snips_recipe_slots_only_seed1")})),
+            seed=seed, needs=needs("snips_recipe_intent_only_seed1", "snips_recipe_slots_only_seed1"))
+
+
 ROWS = build_rows()
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -318,12 +425,43 @@ def ag_news_split(out_dir: Path) -> Path:
     return out_dir
 
 
+def snips_rehearsal_split(out_dir: Path) -> Path:
+    """
+    A JointBERT folder whose train/ holds 10 % of SNIPS train (a seeded sample, in the file's order) and whose dev/
+    and test/ are SNIPS's own, copied: the old data a rehearsal run mixes back in, scored on the full dev and test.
+    """
+    files = ("seq.in", "seq.out", "label")
+    if all((out_dir / split / name).is_file() for split in ("train", "dev", "test") for name in files):
+        return out_dir
+    source = SHARED / "snips"
+    lines = {name: (source / "train" / name).read_text(encoding="utf-8").splitlines() for name in files}
+    if len({len(column) for column in lines.values()}) != 1:
+        raise SystemExit(f"{source / 'train'}: seq.in, seq.out and label differ in length")
+    count = len(lines["label"])
+    kept = sorted(random.Random(SNIPS_REHEARSAL_SEED).sample(range(count), round(count * SNIPS_REHEARSAL_SHARE)))
+    staging = out_dir.parent / f".{out_dir.name}.partial"  # renamed into place when complete: never half a folder
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "train").mkdir(parents=True)
+    for name in files:
+        (staging / "train" / name).write_text("".join(lines[name][index] + "\n" for index in kept), encoding="utf-8")
+    for split in ("dev", "test"):
+        shutil.copytree(source / split, staging / split)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return out_dir
+
+
+DERIVED_DATA = {"@ag_news_split": lambda: ag_news_split(RUNS / "data" / "ag_news_split"),
+                "@snips_rehearsal": lambda: snips_rehearsal_split(RUNS / "data" / "snips_rehearsal_10pct")}
+
+
 def localize(config: dict) -> dict:
-    """Replace the placeholder path of the derived AG News split by its real place."""
+    """Replace the placeholder path of a derived data set (the AG News split, the SNIPS rehearsal share) by its real
+    place, writing it on first use."""
     config = copy.deepcopy(config)
     for spec in config["datasets"].values():
-        if spec.get("path") == "@ag_news_split":
-            spec["path"] = os.path.relpath(ag_news_split(RUNS / "data" / "ag_news_split"), ROOT)
+        if spec.get("path") in DERIVED_DATA:
+            spec["path"] = os.path.relpath(DERIVED_DATA[spec["path"]](), ROOT)
     return config
 
 
@@ -465,6 +603,9 @@ def run_mtl_row(row: dict, run_dir: Path, extra_args=(), model=None) -> dict:
     if test:
         metrics.update(sentence_scores(run_dir / "test_predictions.jsonl"))
         metrics.update(positive_class_f1(run_dir / "test_predictions.jsonl", "paraphrase", "1"))
+    if (run_dir / "start_results.json").exists():  # a run from a trained model: its tasks' scores before training
+        metrics.update({f"start_{key}": value for key, value in read_json(run_dir / "start_results.json").items()
+                        if key.startswith(("eval_", "test_")) and isinstance(value, (int, float))})
     if any(task["name"] == "similarity" for task in config["tasks"]):
         metrics["zero_shot_similarity_pearson"] = zero_shot_pearson(config)
     if row["setting"] == "embeddings":
@@ -637,6 +778,11 @@ def run_row(name: str, results_dir: Path, runs_dir: Path, force=False, extra_arg
     if result_file.exists() and not force:
         print(f"{name}: {result_file} exists, skipped (--force reruns it)")
         return result_file
+    missing = {folder: command for folder, command in row.get("needs", {}).items()
+               if not (ROOT / folder / "config.json").is_file()}
+    if missing:
+        raise SystemExit(f"{name} starts from or learns from trained models that are not there yet; make them first:\n"
+                         + "\n".join(f"  {folder}: {command}" for folder, command in missing.items()))
     run_dir = runs_dir / name
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run: no stale checkpoint or best model from an earlier attempt
@@ -702,6 +848,10 @@ EMBEDDING_COLUMNS = ("row", "model", "STS Pearson (embed, val)", "STS Spearman (
 SNIPS_DEV_COLUMNS = ("row", "model", "dev intent acc", "dev slot F1", "train s", "best epoch", "run on", "command")
 LORA_COLUMNS = ("row", "model", "intent acc", "slot F1", "trainable parameters", "s/step", "peak RSS MiB", "train s",
                 "run on", "command")
+CONTINUAL_COLUMNS = ("row", "protection", "SNIPS intent acc (start → end, drift)", "SNIPS slot F1 (start → end, drift)",
+                     "CoNLL NER F1", "vs NER alone", "train s", "s/step", "run on", "command")
+DISTILLATION_COLUMNS = ("row", "model", "NER F1", "topic acc", "SNIPS intent acc", "SNIPS slot F1", "train s", "test s",
+                        "best epoch", "run on", "command")
 
 
 def seed_families() -> dict:
@@ -806,7 +956,8 @@ def table_markdown(results_dir: Path) -> str:
               "is the `predict` call on the whole test split (metrics included). `run on` is the machine and the "
               "precision the row trained in: the recipes ask for bf16, which hf_mtl turns into float32 on a CPU "
               "without native bfloat16.", ""]
-    for section in (snips_tables, conll_table, pairs_table, mixsnips_table, embeddings_table):
+    for section in (snips_tables, conll_table, pairs_table, mixsnips_table, embeddings_table, continual_table,
+                    distillation_table):
         lines += section(table)
     return "\n".join(lines)
 
@@ -911,6 +1062,73 @@ def embeddings_table(table: QualityTable) -> list:
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["| *target* | | ≥ zero-shot + 3 | ≥ zero-shot + 3 | | | within 0.3 of the recipe | within 0.3 | | | |",
                     ""]
+
+
+def family_values(table: QualityTable, first: str, key: str) -> list:
+    """`key` of every result of the seed family whose first row is `first` (the row itself when it has no family)."""
+    names = table.families.get(first, [first])
+    return [table.results[name]["metrics"].get(key) for name in names if name in table.results]
+
+
+def signed(value, scale=100.0, digits=2):
+    return "–" if value is None else f"{value * scale:+.{digits}f}"
+
+
+def drift_cell(result, key) -> str:
+    """`start → end (drift)` of a test metric of a run that started from a trained model; the end alone without
+    `start_results.json`."""
+    start, end = result["metrics"].get(f"start_{key}"), result["metrics"].get(key)
+    if start is None or end is None:
+        return fmt(end)
+    return f"{fmt(start)} → {fmt(end)} ({signed(end - start)})"
+
+
+def continual_table(table: QualityTable) -> list:
+    alone = [value for value in family_values(table, "conll_ner_only", "test_ner_f1") if value is not None]
+    reference = statistics.mean(alone) if alone else None
+    lines = ["### Continual: CoNLL-2003 NER added to the trained SNIPS model, MiniLM-L6", "",
+             "Every row starts from `bench/runs/snips_recipe_crf` (the SNIPS recipe, seed 1: intent + CRF slots) and "
+             "trains CoNLL-2003 NER with the CoNLL part of the CoNLL + AG News recipe (2 epochs). SNIPS is in the run "
+             "as an eval-only data set (dev and test, no train split), except in the rehearsal row, which mixes "
+             f"{SNIPS_REHEARSAL_SHARE * 100:.0f} % of SNIPS train back in. Start: the starting model's SNIPS test "
+             "score (`start_results.json`, before training); end: the trained model's; drift = end - start. The epoch "
+             "is selected on CoNLL dev NER F1 (the new task) in every row. `vs NER alone`: test NER F1 against the mean "
+             f"of the `conll_ner_only` rows ({fmt(reference)}, {len(alone)} seed{'s' if len(alone) != 1 else ''}). "
+             "`s/step`: `train_runtime` over the steps (dev evaluations included).", ""]
+    lines += table.setting_table("continual", CONTINUAL_COLUMNS, lambda result: [
+        drift_cell(result, "test_intent_accuracy"), drift_cell(result, "test_slots_f1"),
+        fmt(metric("test_ner_f1")(result)),
+        signed(metric("test_ner_f1")(result) - reference
+               if metric("test_ner_f1")(result) is not None and reference is not None else None),
+        secs(result["train_seconds"]), secs(result.get("seconds_per_step"), 3), table.run_on(result)])
+    return lines + ["| *target (one protection)* | | drift ≥ -0.30 | drift ≥ -0.30 | | ≥ -1.00 | | | | |", ""]
+
+
+def distillation_table(table: QualityTable) -> list:
+    lines = ["### Distillation: single-task teachers in the joint model, MiniLM-L6", "",
+             "The joint rows of the tables above with the single-task models as teachers (the seed-1 models, for "
+             "every seed of the student; alpha 0.5, temperature 2): on a row with the task's gold label its loss is "
+             "half the gold loss, half the KL to its teacher's softened distribution (x T²); on the other data set's "
+             "rows the KL alone. The teachers' logits are computed once before training (evaluation mode, no "
+             "gradients, bf16). Below the rows: the same joint settings without teachers and each task trained "
+             "alone (means over the seeds with results).", ""]
+    keys = ("test_ner_f1", "test_topic_accuracy", "test_intent_accuracy", "test_slots_f1")
+    lines += table.setting_table("distillation", DISTILLATION_COLUMNS, lambda result: [
+        *(fmt(metric(key)(result)) for key in keys), secs(result["train_seconds"]), secs(result["test_seconds"], 1),
+        best_epoch(result), table.run_on(result)])
+    lines += table.mean_rows("distillation", tuple(metric(key) for key in keys))
+    for label, sources in (
+            ("*without teachers: `conll_ag_mtl_topic_w05`, `snips_recipe`*",
+             {"test_ner_f1": "conll_ag_mtl_topic_w05", "test_topic_accuracy": "conll_ag_mtl_topic_w05",
+              "test_intent_accuracy": "snips_recipe_seed1", "test_slots_f1": "snips_recipe_seed1"}),
+            ("*each task alone: `conll_ner_only`, `ag_topic_only`, `snips_recipe_intent_only`, "
+             "`snips_recipe_slots_only`*",
+             {"test_ner_f1": "conll_ner_only", "test_topic_accuracy": "ag_topic_only",
+              "test_intent_accuracy": "snips_recipe_intent_only_seed1",
+              "test_slots_f1": "snips_recipe_slots_only_seed1"})):
+        cells = [label, "", *(mean_std(family_values(table, sources[key], key)) for key in keys)] + [""] * 5
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["| *target (3 seeds)* | | ≥ NER alone | ≥ topic alone | ≥ 98.6 | ≥ 96.5 | | | | | |", ""]
 
 
 def write_table(results_dir: Path, markdown_file: Path):

@@ -161,6 +161,7 @@ FIXED_TRAINING_KEYS = (
     "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "seed", "data_seed", "label_smoothing_factor", "train_sampling_strategy", "dataloader_drop_last",
     "freeze_encoder", "freeze_embeddings", "freeze_layers", "freeze_heads", "unfreeze_schedule", "lora",
+    "distillation",
 )
 
 

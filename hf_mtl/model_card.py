@@ -12,6 +12,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .reports import DRIFT_TITLE, drift_rows, drift_table
 from .tasks import tasks_of_config
 
 HUB_SPLITS = {"eval": "validation", "test": "test"}
@@ -95,6 +96,7 @@ def write_model_card(
     test_metrics: dict | None = None,
     hub_model_id: str | None = None,
     task_datasets: dict | None = None,
+    start_metrics: dict | None = None,
 ) -> Path:
     """
     Writes `output_dir/README.md` and returns its path.
@@ -108,19 +110,24 @@ def write_model_card(
         hub_model_id: the repo the folder is meant for; used in the model name and the snippets.
         task_datasets: task name -> data set name (the run config's `tasks[i]["dataset"]`); with a single data set
             every task maps to it.
+        start_metrics: the scores of the model the run started from (`base_model`, an hf_mtl model), before
+            training (`eval_<task>_<metric>` / `test_...`): a "Drift from the starting model" table compares them with
+            the test metrics (the eval metrics where the test split was not scored).
     """
     output_dir = Path(output_dir)
     model_name = hub_model_id.split("/")[-1] if hub_model_id else output_dir.resolve().name
     metrics_by_split = {split: metrics for split, metrics in (("eval", eval_metrics), ("test", test_metrics)) if metrics}
     card_data = build_card_data(config, model_name, base_model, datasets, metrics_by_split, task_datasets)
-    body = _render_body(output_dir, config, model_name, base_model, datasets, training_settings, metrics_by_split, hub_model_id)
+    body = _render_body(output_dir, config, model_name, base_model, datasets, training_settings, metrics_by_split,
+                        hub_model_id, start_metrics)
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
     path = output_dir / "README.md"
     card.save(path)
     return path
 
 
-def _render_body(output_dir, config, model_name, base_model, datasets, training_settings, metrics_by_split, hub_model_id):
+def _render_body(output_dir, config, model_name, base_model, datasets, training_settings, metrics_by_split,
+                 hub_model_id, start_metrics=None):
     tasks = tasks_of_config(config)
     encoder = config.encoder
     lines = [
@@ -149,6 +156,7 @@ def _render_body(output_dir, config, model_name, base_model, datasets, training_
     ]
     if metrics_by_split:
         lines += _render_results(tasks, metrics_by_split)
+    lines += _render_drift(tasks, base_model, metrics_by_split, start_metrics or {})
     lines += _render_files(output_dir)
     lines += _render_usage(hub_model_id or str(output_dir))
     return "\n".join(lines) + "\n"
@@ -217,6 +225,22 @@ def _render_results(tasks, metrics_by_split) -> list:
         summary = ", ".join(f"{HUB_SPLITS[split]} {score:.4f}" for split, score in scores.items())
         lines += ["", f"Mean of the tasks' main metrics (`score`): {summary}."]
     return lines
+
+
+def _render_drift(tasks, base_model, metrics_by_split, start_metrics) -> list:
+    """The tasks the starting model already had: their scores before and after this training, on the test split (the
+    validation split where the test split was not scored)."""
+    for split in ("test", "eval"):
+        rows = drift_rows(tasks, split, start_metrics, metrics_by_split.get(split) or {})
+        if rows:
+            return [
+                "", f"## {DRIFT_TITLE}", "",
+                f"Trained from the hf_mtl model `{base_model}`. Its tasks that this model keeps, scored on the "
+                f"{HUB_SPLITS[split]} split by the starting model (before training) and by this model; change = end - "
+                "start (for mse lower is better).", "",
+                *drift_table(rows),
+            ]
+    return []
 
 
 def _render_files(output_dir: Path) -> list:

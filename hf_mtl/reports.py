@@ -22,7 +22,8 @@ def write_predictions_jsonl(path, decoded: list) -> Path:
     return path
 
 
-def write_report(path, split_name: str, tasks, decoded: list, unseen_labels: dict | None = None) -> Path:
+def write_report(path, split_name: str, tasks, decoded: list, unseen_labels: dict | None = None,
+                 start_metrics: dict | None = None) -> Path:
     """
     Writes the Markdown report of one split and returns its path.
 
@@ -32,14 +33,18 @@ def write_report(path, split_name: str, tasks, decoded: list, unseen_labels: dic
         decoded: the output of `decode_predictions` on this split.
         unseen_labels: task name -> {label: count} of gold labels unseen in training; defaults to the gold labels
             of `decoded` that are not in the task's label list.
+        start_metrics: the scores of the model the run started from, on this split, before training
+            (`<split>_<task>_<metric>`, as `hf_mtl.train.start_scores` returns them): a "Drift from the starting
+            model" section compares them with this split's scores.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(split_name, tasks, decoded, unseen_labels), encoding="utf-8")
+    path.write_text(render_report(split_name, tasks, decoded, unseen_labels, start_metrics), encoding="utf-8")
     return path
 
 
-def render_report(split_name: str, tasks, decoded: list, unseen_labels: dict | None = None) -> str:
+def render_report(split_name: str, tasks, decoded: list, unseen_labels: dict | None = None,
+                  start_metrics: dict | None = None) -> str:
     results = compute_task_results(tasks, decoded)
     metrics = flatten_task_results(tasks, results)
     if unseen_labels is None:
@@ -57,6 +62,15 @@ def render_report(split_name: str, tasks, decoded: list, unseen_labels: dict | N
         "",
         *markdown_table(["metric", "value"], [[f"`{split_name}_{key}`", markdown_number(value)] for key, value in metrics.items()]),
     ]
+    end_metrics = {f"{split_name}_{key}": value for key, value in metrics.items()}
+    drift = drift_rows(tasks, split_name, start_metrics or {}, end_metrics)
+    if drift:
+        lines += [
+            "", f"## {DRIFT_TITLE}", "",
+            "The tasks the starting model (`model_name_or_path`) already had, scored on this split before training "
+            "(`start_results.json`) and after; change = end - start (for `mse` lower is better).", "",
+            *drift_table(drift),
+        ]
     for task in tasks:
         examples = [example for example in decoded if task.name in example]
         lines += ["", f"## Task `{task.name}` ({task.kind})", ""]
@@ -73,6 +87,32 @@ def render_report(split_name: str, tasks, decoded: list, unseen_labels: dict | N
         else:
             lines.append("None.")
     return "\n".join(lines) + "\n"
+
+
+DRIFT_TITLE = "Drift from the starting model"
+
+
+def drift_rows(tasks, split_name: str, start_metrics: dict, end_metrics: dict) -> list:
+    """`[task, metric, start, end, change]` for each metric of each task scored both at the start and at the end
+    (both dicts keyed `<split>_<task>_<metric>`), main metric first."""
+    rows = []
+    for task in tasks:
+        for metric in task.metric_names:
+            key = f"{split_name}_{task.name}_{metric}"
+            if start_metrics.get(key) is not None and end_metrics.get(key) is not None:
+                start, end = float(start_metrics[key]), float(end_metrics[key])
+                name = metric + (" (main)" if metric == task.main_metric else "")
+                rows.append([task.name, name, start, end, end - start])
+    return rows
+
+
+def drift_table(rows: list) -> list:
+    """Markdown lines of `drift_rows`: scores to 4 decimals, the change signed."""
+    return markdown_table(
+        ["task", "metric", "start", "end", "change"],
+        [[f"`{text_cell(task)}`", metric, markdown_number(start), markdown_number(end), f"{change:+.4f}"]
+         for task, metric, start, end, change in rows],
+    )
 
 
 def markdown_blocks(blocks: list) -> list:
@@ -112,4 +152,4 @@ def markdown_table(header: list, rows: list) -> list:
     ]
 
 
-__all__ = ["render_report", "write_predictions_jsonl", "write_report"]
+__all__ = ["drift_rows", "drift_table", "render_report", "write_predictions_jsonl", "write_report"]

@@ -73,6 +73,14 @@ def check_flags(task: dict, keys, where: str) -> None:
             raise ValueError(f"{where}.{key}: true or false, got {task[key]!r}")
 
 
+def softened_kl(logits, teacher_logits, temperature: float):
+    """KL(teacher || student) of the temperature-softened softmaxes, times T^2 (Hinton et al. 2015: the gradients
+    keep their scale as T grows), over the last axis."""
+    student = F.log_softmax(logits.float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="none").sum(dim=-1) * temperature**2
+
+
 def softmax(logits):
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
@@ -137,6 +145,27 @@ class TaskHead(nn.Module):
         """The head's predictions as `forward(...).predictions` gives them in evaluation: None (the logits say all)."""
         return None
 
+    def distillation_terms(self, logits, teacher_logits, temperature: float, labels=None, word_start_mask=None):
+        """`(losses, scored)`: the distillation loss of every unit the head scores (a row; a word for token heads)
+        against a teacher's logits of the same shape, and which units count (bool, the same shape)."""
+        raise NotImplementedError
+
+    def distillation_loss(self, logits, teacher_logits, labels=None, alpha: float = 0.5, temperature: float = 2.0,
+                          word_start_mask=None):
+        """
+        The mean over the scored units of `w * distillation term`, `w` = `alpha` on rows with a gold label and 1 on
+        rows without. Added to `(1 - alpha) * gold loss`, it gives a task `(1 - alpha) * gold + alpha * teacher` on
+        labelled rows and the teacher alone where the task has no data. Exactly 0 (head in the graph) when nothing
+        is scored.
+        """
+        losses, scored = self.distillation_terms(logits, teacher_logits.to(logits.device), temperature, labels,
+                                                 word_start_mask)
+        if not scored.any():
+            return self.unlabelled_loss(logits)
+        gold = self.labelled_rows(labels.to(logits.device)) if labels is not None else scored.new_zeros(len(logits))
+        weights = torch.where(gold, alpha, 1.0).to(losses.dtype).reshape(-1, *[1] * (losses.dim() - 1))
+        return (losses * weights)[scored].sum() / scored.sum()
+
 
 @register_task_kind
 class SingleLabelClassificationHead(TaskHead):
@@ -175,6 +204,10 @@ class SingleLabelClassificationHead(TaskHead):
         else:
             denominator = kept.sum().to(per_item.dtype)
         return per_item.sum() / denominator.clamp(min=1e-9)
+
+    def distillation_terms(self, logits, teacher_logits, temperature, labels=None, word_start_mask=None):
+        kl = softened_kl(logits, teacher_logits, temperature)
+        return kl, torch.ones_like(kl, dtype=torch.bool)
 
 
 @register_task_kind
@@ -231,6 +264,17 @@ class TokenClassificationHead(SingleLabelClassificationHead):
         loss = super().unlabelled_loss(logits)
         # The CRF's scores stay in the graph too, so DDP sees a gradient (zero) for every parameter.
         return loss if self.crf is None else loss + sum(parameter.sum() for parameter in self.crf.parameters()) * 0.0
+
+    def distillation_terms(self, logits, teacher_logits, temperature, labels=None, word_start_mask=None):
+        """Per word: the KL at each word's first sub-token (for a CRF, of its emission scores), the words of
+        `word_start_mask` (without one, the positions the labels do not ignore)."""
+        if word_start_mask is not None:
+            scored = word_start_mask.to(logits.device).bool()
+        elif labels is not None:
+            scored = labels.to(logits.device) != -100
+        else:
+            raise ValueError("distilling a token head needs word_start_mask (or labels) to know its word positions")
+        return softened_kl(logits, teacher_logits, temperature), scored
 
     def decode(self, logits, word_start_mask=None):
         """With a CRF, predicted tag ids `[batch, seq]`: Viterbi over the word positions of `word_start_mask` (-100
@@ -290,6 +334,13 @@ class MultiLabelClassificationHead(TaskHead):
         targets = labels[kept].float().to(predicted.device)
         return F.binary_cross_entropy_with_logits(predicted, targets, pos_weight=pos_weight)
 
+    def distillation_terms(self, logits, teacher_logits, temperature, labels=None, word_start_mask=None):
+        """Per row: the binary cross-entropy against the teacher's sigmoids, averaged over the labels (no
+        temperature: each sigmoid is its own two-class distribution)."""
+        losses = F.binary_cross_entropy_with_logits(logits.float(), torch.sigmoid(teacher_logits.float()),
+                                                    reduction="none").mean(dim=-1)
+        return losses, torch.ones_like(losses, dtype=torch.bool)
+
 
 @register_task_kind
 class RegressionHead(TaskHead):
@@ -337,6 +388,11 @@ class RegressionHead(TaskHead):
         predicted = logits.reshape(-1)[kept].float()
         targets = labels.reshape(-1)[kept].float().to(predicted.device)
         return F.mse_loss((predicted - targets) / self.target_std, torch.zeros_like(predicted))
+
+    def distillation_terms(self, logits, teacher_logits, temperature, labels=None, word_start_mask=None):
+        """Per row: the squared difference to the teacher's score, on the standardised scale the gold loss uses."""
+        losses = ((logits.float() - teacher_logits.float()).reshape(len(logits), -1)[:, 0] / self.target_std) ** 2
+        return losses, torch.ones_like(losses, dtype=torch.bool)
 
 
 SCORED_LOSSES = ("cosent", "cosine_mse")  # train on a score per pair
@@ -423,6 +479,16 @@ class SentenceSimilarityHead(TaskHead):
             return self.unlabelled_loss(logits)
         embeddings, targets = logits[kept], labels.reshape(-1)[kept].float().to(logits.device)
         return sum(self.loss_at(embeddings[..., :dim], targets) for dim in self.dims) / len(self.dims)
+
+    def distillation_terms(self, logits, teacher_logits, temperature, labels=None, word_start_mask=None):
+        """Per row: the mean squared difference between the student's and the teacher's embedding of the row's own
+        text (sentence-transformers' MSE distillation), on every row: rows of other data sets have a text too."""
+        student, teacher = logits[:, 0].float(), teacher_logits[:, 0].float()
+        if student.shape != teacher.shape:
+            raise ValueError(f"the teacher's embeddings have {teacher.shape[-1]} dimensions, the student's "
+                             f"{student.shape[-1]}")
+        losses = (student - teacher).pow(2).mean(dim=-1)
+        return losses, torch.ones_like(losses, dtype=torch.bool)
 
     def loss_at(self, embeddings, targets):
         if self.loss_name == "multiple_negatives_ranking":

@@ -7,6 +7,7 @@ and push. hf_mtl's settings live in three dataclasses: `ModelArguments`, `DataAr
 """
 
 import argparse
+import contextlib
 import dataclasses
 import fnmatch
 import glob
@@ -14,12 +15,14 @@ import inspect
 import json
 import logging
 import os
+import random
 import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
@@ -28,7 +31,7 @@ from .configuration_mtl import MultiTaskConfig, encoder_max_positions
 from .data import MultiTaskCollator, prepare_datasets
 from .data.sampling import TaskSampling
 from .errors import ConfigError, HfMtlError, ModelError, print_error
-from .evaluation import build_compute_metrics, build_preprocess_logits_for_metrics, decode_predictions
+from .evaluation import GOLD_SUFFIX, build_compute_metrics, build_preprocess_logits_for_metrics, decode_predictions
 from .hub import check_hub_access, push_folder_to_hub
 from .json_files import read_json_file
 from .loading import load_multitask_model, load_tokenizer, looks_like_a_path, verify_model_folder
@@ -41,6 +44,7 @@ from .preflight import check_config_values, check_run_settings
 from .plots import write_plots
 from .reports import write_predictions_jsonl, write_report
 from .checkpoints import check_resume_folder, check_resume_matches, checkpoint_folders, last_complete_checkpoint, run_record
+from .distillation import DistillationSettings, check_teachers, load_teachers
 from .distributed import whole_weights_at_load
 from .freezing import GradualUnfreezingCallback, apply_freezing, encoder_layers, parameter_summary
 from .machine import adapt_to_machine, machine_defaults
@@ -109,13 +113,20 @@ class MultiTaskTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": 'LoRA on the encoder (hf_mtl[peft]): {"r", "alpha", "dropout", "target_modules"} or true.'},
     )
+    distillation: dict | str | None = field(
+        default=None,
+        metadata={"help": 'Per-task teachers: {"teachers": {"<task>": "<model folder>" or "self"}, "alpha": 0.5, '
+                          '"temperature": 2.0}.'},
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        parse_json_fields(self, "unfreeze_schedule", "lora")
-        # Checked once here, kept as a plain dict so that training_args.json records it.
+        parse_json_fields(self, "unfreeze_schedule", "lora", "distillation")
+        # Checked once here, kept as plain dicts so that training_args.json records them.
         settings = LoraSettings.from_config(self.lora)
         self.lora = dataclasses.asdict(settings) if settings is not None else None
+        distillation = DistillationSettings.from_config(self.distillation)
+        self.distillation = dataclasses.asdict(distillation) if distillation is not None else None
 
 
 @dataclass
@@ -348,21 +359,27 @@ def main(argv=None):
     try:
         with output:  # output_dir locked; after an error it is as it was, plus this run's checkpoints (resumable)
             model_path, encoder_config, tokenizer, previous_config = load_encoder_and_tokenizer(model_args, data_args)
+            distillation = distillation_settings(training_args, parsed_tasks, model_path, previous_config)
             tasks, data = load_data(data_args, training_args, tokenizer, parsed_tasks, previous_config)
+            teachers = load_teachers(distillation, tasks, model_path, tokenizer) if distillation else None
             train_dataset, eval_dataset, test_dataset, train_mixture = limit_samples(data, data_args)
 
             with whole_weights_at_load(training_args):  # DeepSpeed ZeRO-3 shards at training start, not at load
                 model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
             if training_args.lora:  # adapters on the encoder, heads trained fully
                 add_lora(model, LoraSettings(**training_args.lora), model_path)
-            callbacks = freeze_model(model, training_args)
+            callbacks = freeze_model(model, training_args, untaught_heads(data, teachers))
             log_run_summary(model_args, training_args, model, tasks, data, previous_config)
 
             trainer, push_to_hub, hub_model_id = build_trainer(
-                model, training_args, data_args, tokenizer, tasks, train_dataset, eval_dataset, train_mixture, callbacks
+                model, training_args, data_args, tokenizer, tasks, train_dataset, eval_dataset, train_mixture, callbacks,
+                teachers,
             )
-            metrics = {}
+            metrics, start = {}, {}
             if training_args.do_train:
+                start = start_scores(trainer, tasks, reused_task_names(tasks, previous_config), {
+                    "eval": eval_dataset if training_args.do_eval else None,
+                    "test": test_dataset if training_args.do_predict else None})  # the baseline of the drift
                 metrics["train"] = train(trainer, training_args, data_args, train_dataset, train_mixture,
                                          resume_argv=argv, keep=[model_path])
             decoded = {}
@@ -372,7 +389,8 @@ def main(argv=None):
                     metrics[split], decoded[split] = evaluate_split(trainer, tasks, split, dataset)
             results = {key: value for split_metrics in metrics.values() for key, value in split_metrics.items()}
 
-            save_outputs(trainer, output, model, model_args, data_args, training_args, tasks, metrics, decoded, hub_model_id)
+            save_outputs(trainer, output, model, model_args, data_args, training_args, tasks, metrics, decoded, hub_model_id,
+                         start)
         if trainer.is_world_process_zero():
             if push_to_hub:
                 push_folder_to_hub(training_args.output_dir, hub_model_id, private=training_args.hub_private_repo,
@@ -474,11 +492,22 @@ def load_encoder_and_tokenizer(model_args, data_args):
     return model_path, encoder_config, tokenizer, previous_config
 
 
+def distillation_settings(training_args, tasks, model_path, previous_config):
+    """The run's `DistillationSettings`, its teachers checked before any data is read; None without the key (or
+    when the run does not train)."""
+    if not training_args.distillation or not training_args.do_train:
+        return None
+    settings = DistillationSettings(**training_args.distillation)
+    check_teachers(settings, tasks, model_path, previous_config)
+    return settings
+
+
 def load_data(data_args, training_args, tokenizer, tasks, previous_config):
     """The preflight's parsed tasks, resolved (labels, class weights, target scale: `prepare_datasets`), and the
     encoded splits."""
     splits = [name for name, wanted in (("train", training_args.do_train), ("validation", training_args.do_eval),
                                          ("test", training_args.do_predict)) if wanted]
+    distilled_tasks = (training_args.distillation or {}).get("teachers", {}) if training_args.do_train else {}
     with training_args.main_process_first(desc="dataset preprocessing"):
         data = prepare_datasets(
             data_args.datasets, tasks, tokenizer,
@@ -487,6 +516,7 @@ def load_data(data_args, training_args, tokenizer, tasks, previous_config):
             task_sampling=data_args.task_sampling, sampling_temperature=data_args.sampling_temperature,
             seed=training_args.seed, num_proc=data_args.preprocessing_num_workers, splits=tuple(splits),
             trained_tasks={task["name"]: task for task in previous_config.tasks} if previous_config else None,
+            with_word_starts=any(task.labels_per_token for task in tasks if task.name in distilled_tasks),
         )
     # Trainer would only fail after training (a TypeError in evaluation) on a split that is not there.
     if training_args.do_eval and data.validation is None:
@@ -515,11 +545,23 @@ def limit_samples(data, data_args):
     return train_dataset, eval_dataset, test_dataset, train_mixture
 
 
-def freeze_model(model, training_args) -> list:
-    """Freeze what the config freezes; the callbacks of gradual unfreezing, if scheduled."""
+def untaught_heads(data, teachers) -> list:
+    """The tasks of eval-only data sets that no teacher trains: nothing trains their heads (AdamW's weight decay
+    would only shrink them), so they are frozen."""
+    taught = teachers.tasks if teachers is not None else ()
+    return [task for tasks in data.eval_only.values() for task in tasks if task not in taught]
+
+
+def freeze_model(model, training_args, untaught=()) -> list:
+    """Freeze what the config freezes, and the heads of `untaught` tasks; the callbacks of gradual unfreezing, if
+    scheduled."""
+    configured = list(training_args.freeze_heads or ())
+    untaught = [name for name in untaught if name not in configured and any(True for _ in model.heads[name].parameters())]
+    if untaught and training_args.do_train:
+        logger.info("heads frozen (eval-only tasks without a teacher: nothing trains them): %s", ", ".join(untaught))
     apply_freezing(
         model, freeze_encoder=training_args.freeze_encoder, freeze_embeddings=training_args.freeze_embeddings,
-        freeze_layers=training_args.freeze_layers, freeze_heads=training_args.freeze_heads or (),
+        freeze_layers=training_args.freeze_layers, freeze_heads=configured + untaught,
     )
     if training_args.do_train and not any(parameter.requires_grad for parameter in model.parameters()):
         raise ConfigError("the whole network is frozen: run with do_eval/do_predict only (do_train false)")
@@ -544,7 +586,7 @@ def log_run_summary(model_args, training_args, model, tasks, data, previous_conf
 
 
 def build_trainer(model, training_args, data_args, tokenizer, tasks, train_dataset, eval_dataset, train_mixture,
-                  callbacks):
+                  callbacks, teachers=None):
     """(trainer, whether to push at the end, the Hub id to push to)."""
     # We push ourselves at the end: Trainer would create the repo in __init__ and replace our model card with its own.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
@@ -566,6 +608,7 @@ def build_trainer(model, training_args, data_args, tokenizer, tasks, train_datas
         preprocess_logits_for_metrics=build_preprocess_logits_for_metrics(tasks),
         callbacks=callbacks,
         train_mixture=train_mixture,
+        teachers=teachers,
         optimizer_groups_kwargs=dict(
             encoder_learning_rate=training_args.encoder_learning_rate,
             head_learning_rate=training_args.head_learning_rate,
@@ -643,11 +686,90 @@ def evaluate_split(trainer, tasks, split, dataset) -> tuple:
     return metrics, decode_predictions(tasks, prediction.predictions, dataset)
 
 
-def save_outputs(trainer, output, model, model_args, data_args, training_args, tasks, metrics, decoded, hub_model_id):
+def reused_task_names(tasks, previous_config) -> list:
+    """The run's tasks that continue a head of the trained model it starts from (`previous_config`; None: a plain
+    encoder), as `build_model` reuses them: the tasks whose drift the run reports."""
+    if previous_config is None:
+        return []
+    return [task.name for task in tasks if task.name in previous_config.task_names and not task.reinit_head]
+
+
+def start_scores(trainer, tasks, old_task_names, splits: dict) -> dict:
+    """
+    Split -> the scores of the model as the run starts, before training, on the tasks it already had
+    (`old_task_names`): the metric keys of `evaluate_split` (`eval_<task>_<metric>`), the baseline of the drift that
+    the reports and the model card show. `splits`: `eval` / `test` -> the data set the run scores at the end (None:
+    not scored). Only the rows with a gold label of one of those tasks run, and only those tasks are scored (the new
+    heads are random). Called before `train`: a resumed run scores the starting model too, not its checkpoint (which
+    `trainer.train` loads). Nothing is logged as a run's metrics, and `compute_metrics`, Trainer's state and the random
+    number generators are left as they were, so training goes on exactly as without this evaluation.
+    """
+    old_tasks = [task for task in tasks if task.name in old_task_names]
+    splits = {split: rows_with_gold(dataset, old_tasks) for split, dataset in splits.items() if dataset is not None}
+    splits = {split: rows for split, rows in splits.items() if rows is not None}
+    if not old_tasks or not splits:
+        return {}
+    if trainer.is_deepspeed_enabled:  # Trainer would set up its inference engine where training expects its own
+        logger.warning("DeepSpeed: the starting model is not scored before training (no drift in reports and card)")
+        return {}
+    compute_metrics, in_train = trainer.compute_metrics, trainer.is_in_train
+    # As an evaluation during training: otherwise bf16/fp16_full_eval would cast the weights the run is about to train.
+    trainer.is_in_train = True
+    scores = {}
+    try:
+        with random_state_kept():  # a DataLoader draws its seed from torch's generator: training must not see it
+            for split, rows in splits.items():
+                trainer.compute_metrics = build_compute_metrics(old_tasks, rows)
+                # A prefix of its own: the reporting callbacks (`on_predict`) tell it from the final evaluation.
+                metrics = trainer.predict(rows, metric_key_prefix=f"start_{split}").metrics
+                keys = [f"{task.name}_{metric}" for task in old_tasks for metric in task.metric_names]
+                scores[split] = {f"{split}_{key}": metrics[f"start_{split}_{key}"] for key in keys
+                                 if f"start_{split}_{key}" in metrics}
+    finally:
+        trainer.compute_metrics, trainer.is_in_train = compute_metrics, in_train
+    logger.info("scores of the starting model, before training: " + ", ".join(
+        f"{key} {value:.4f}" for split_scores in scores.values() for key, value in split_scores.items()))
+    return scores
+
+
+def rows_with_gold(dataset, tasks):
+    """The rows of `dataset` that hold a gold label of at least one of `tasks` (all of it when every row does;
+    None when none does)."""
+    gold_columns = [(task, task.name + GOLD_SUFFIX) for task in tasks]
+    gold_columns = [(task, column) for task, column in gold_columns if column in dataset.column_names]
+    if not gold_columns:
+        return None
+    golds = dataset.select_columns([column for _, column in gold_columns])
+    kept = [index for index, row in enumerate(golds)
+            if any(task.has_gold(row[column]) for task, column in gold_columns)]
+    if not kept:
+        return None
+    return dataset if len(kept) == len(dataset) else dataset.select(kept)
+
+
+@contextlib.contextmanager
+def random_state_kept():
+    """Runs the block, then puts Python's, NumPy's and torch's random number generators (CPU and CUDA) back."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def save_outputs(trainer, output, model, model_args, data_args, training_args, tasks, metrics, decoded, hub_model_id,
+                 start=None):
     """
     Everything the finished run leaves (model, tokenizer, code, arguments, results, state, reports, plots, card),
     written into the staging folder beside output_dir, which then replaces output_dir at once (`StagedOutput`).
+    `start`: `start_scores`' split -> scores of the starting model, written as `start_results.json` and compared with
+    the end in the reports and the card (all_results.json keeps the run's own metrics only).
     """
+    start = {split: scores for split, scores in (start or {}).items() if split in decoded}
+    start_metrics = {key: value for scores in start.values() for key, value in scores.items()}
     trainer.save_model(output.path)  # on every process (FSDP and DeepSpeed gather the weights); the main one writes
     if not trainer.is_world_process_zero():
         return
@@ -662,7 +784,10 @@ def save_outputs(trainer, output, model, model_args, data_args, training_args, t
     # The folder is meant for the Hub: the arguments as JSON instead of Trainer's pickle.
     (output.path / "training_args.bin").unlink(missing_ok=True)
     (output.path / "training_args.json").write_text(training_args.to_json_string(), encoding="utf-8")
-    write_run_outputs(output.path, tasks, decoded, trainer.state.log_history)
+    if start_metrics:  # beside eval_results.json, with its keys: the scores before training
+        (output.path / "start_results.json").write_text(json.dumps(start_metrics, indent=4, sort_keys=True) + "\n",
+                                                        encoding="utf-8")
+    write_run_outputs(output.path, tasks, decoded, trainer.state.log_history, start)
     results = {key: value for split_metrics in metrics.values() for key, value in split_metrics.items()}
     add_pipeline_to_folder(output.path)
     write_model_card(
@@ -670,14 +795,17 @@ def save_outputs(trainer, output, model, model_args, data_args, training_args, t
         datasets=data_args.datasets, training_settings=training_settings(model.config, data_args, training_args),
         eval_metrics=results if "eval" in decoded else None, test_metrics=results if "test" in decoded else None,
         hub_model_id=hub_model_id, task_datasets={task.name: task.dataset for task in tasks},
+        start_metrics=start_metrics or None,
     )
     output.commit()
 
 
-def write_run_outputs(output_dir, tasks, decoded, log_history):
-    """Reports per evaluated split, test predictions, and the plots (losses, metrics, confusion matrices)."""
+def write_run_outputs(output_dir, tasks, decoded, log_history, start=None):
+    """Reports per evaluated split (with the drift from the starting model's scores `start`, split -> metrics), test
+    predictions, and the plots (losses, metrics, confusion matrices)."""
     for split, rows in decoded.items():
-        write_report(os.path.join(output_dir, f"{split}_report.md"), split, tasks, rows)
+        write_report(os.path.join(output_dir, f"{split}_report.md"), split, tasks, rows,
+                     start_metrics=(start or {}).get(split))
     if "test" in decoded:
         write_predictions_jsonl(os.path.join(output_dir, "test_predictions.jsonl"), decoded["test"])
     split = "test" if "test" in decoded else "eval"
@@ -706,6 +834,7 @@ def training_settings(model_config, data_args, training_args) -> dict:
         "freeze_heads": training_args.freeze_heads,
         "unfreeze_schedule": training_args.unfreeze_schedule,
         "lora": training_args.lora,
+        "distillation": training_args.distillation,
         "bf16": training_args.bf16 or None,
         "seed": training_args.seed,
     }

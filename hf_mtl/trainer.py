@@ -14,6 +14,7 @@ from transformers import Trainer, TrainerCallback
 
 from .atomic_files import disk_full_error, is_disk_full, tree_size
 from .checkpoints import RUN_RECORD, checkpoint_folders, checkpoint_write_error, is_write_failure
+from .data.collator import TEACHER_LOGITS_SUFFIX
 from .data.sampling import MixtureSampler
 from .distributed import DistributedTrainerMixin
 from .errors import ConfigError, HfMtlError, TrainingError
@@ -42,14 +43,18 @@ class MixtureEpochCallback(TrainerCallback):
 
 class MultiTaskTrainer(LoraCheckpointMixin, DistributedTrainerMixin, Trainer):
     """
-    Trainer with per-depth learning-rate groups and per-task training losses logged beside the total. Given a
+    Trainer with per-depth learning-rate groups and per-task training losses logged beside the total, and the run's
+    distillation `teachers` (their logits of the train set, computed once, go to the model's forward). Given a
     `train_mixture` (several data sets' train splits concatenated as `train_dataset`), every epoch trains on that
     epoch's draw of the mixture (`MixtureSampler`) instead of a shuffle of the whole concatenation.
     """
 
-    def __init__(self, *args, optimizer_groups_kwargs=None, train_mixture=None, **kwargs):
+    def __init__(self, *args, optimizer_groups_kwargs=None, train_mixture=None, teachers=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.optimizer_groups_kwargs = optimizer_groups_kwargs or {}
+        self.distillation, self.taught_tasks = None, ()
+        if teachers is not None and self.train_dataset is not None:
+            self.distill_with(teachers)
         self.train_mixture = train_mixture
         self._mixture_epochs = MixtureEpochCallback()
         if train_mixture is not None:
@@ -58,6 +63,17 @@ class MultiTaskTrainer(LoraCheckpointMixin, DistributedTrainerMixin, Trainer):
 
     # Set by the run: the arguments each checkpoint records (RUN_RECORD), for `check_resume_matches` at a resume.
     run_record = None
+
+    def distill_with(self, teachers) -> None:
+        """Adds the `teachers`' logits of every train row to the train set (in the run's precision) and releases
+        them: `compute_loss` hands the batch's logits to the model. They are never part of the model."""
+        teachers.to(self.args.device)
+        self.train_dataset = teachers.with_logits(
+            self.train_dataset, self.data_collator, self.args.per_device_eval_batch_size, self.args.device,
+            autocast=self.accelerator.autocast, progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+        )
+        self.distillation, self.taught_tasks = teachers.settings, teachers.tasks
+        teachers.release()
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint, plus the run's record; a save that fails (a full disk) removes its half-written
@@ -154,14 +170,22 @@ class MultiTaskTrainer(LoraCheckpointMixin, DistributedTrainerMixin, Trainer):
         if self.args.label_smoothing_factor:
             # Trainer's own LabelSmoother needs one `labels` tensor; the heads smooth their own cross-entropies.
             inputs = {**inputs, "label_smoothing": self.args.label_smoothing_factor}
+        if self.distillation is not None and model.training:  # the teachers' logits of the batch go to the model
+            inputs = dict(inputs)
+            inputs["teacher_logits"] = {name: inputs.pop(f"{name}{TEACHER_LOGITS_SUFFIX}") for name in self.taught_tasks}
+            inputs.update(distillation_alpha=self.distillation.alpha,
+                          distillation_temperature=self.distillation.temperature)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
             check_finite_loss(loss, outputs.get("task_losses"), self.state.global_step + 1)
         if model.training and outputs.get("task_losses"):
             heads = self.accelerator.unwrap_model(model).heads
             for name, task_loss in outputs["task_losses"].items():
-                # Averaged over the batches that held labels for the task, so mixed runs are not diluted by zeros.
-                labelled = heads[name].labelled_rows(inputs[f"{name}_labels"]).any().float()
+                # Averaged over the batches that held labels (or a teacher) for the task, so mixed runs are not
+                # diluted by zeros.
+                taught = name in self.taught_tasks
+                labelled = heads[name].labelled_rows(inputs[f"{name}_labels"]).any().float() + taught
+                labelled = labelled.clamp(max=1)
                 total, batches = self._task_loss_sums.get(name, (0.0, 0.0))
                 self._task_loss_sums[name] = (total + task_loss.detach() * labelled, batches + labelled)
         return (loss, outputs) if return_outputs else loss

@@ -81,6 +81,12 @@ def test_config_runs_two_steps_offline(name, offline, tmp_path):
         main([str(REPO_ROOT / "configs" / "full_ft.json"), *overrides(base, encoder, datasets, trained), "--do_eval", "false",
               "--do_predict", "false"])
         args = overrides(config, trained, datasets, tmp_path / "out")
+    elif name == "continual_distillation.json":  # continues the demo model: its demo tasks eval-only, "self" teachers
+        trained = tmp_path / "trained"
+        main([str(REPO_ROOT / "configs" / "demo.json"), *overrides({}, encoder, datasets, trained),
+              "--do_eval", "false", "--do_predict", "false"])
+        args = overrides(config, trained, datasets, tmp_path / "out")
+        args += ["--datasets", json.dumps({"demo": config["datasets"]["demo"], "emotions": datasets["emotions"]})]
     else:
         args = overrides(config, encoder, datasets, tmp_path / "out")
     results = main([str(config_path), *args])

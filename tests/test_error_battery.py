@@ -1049,6 +1049,50 @@ def case_train_lock_file_path_is_a_folder(b, tmp):
     return train(config_for(b, tmp)), ["output_dir", ".out.hf_mtl-lock", "is a folder", "rm -r"]
 
 
+def distilled(b, tmp, teachers, **settings):
+    return train(config_for(b, tmp, distillation={"teachers": teachers, **settings}))
+
+
+def case_distillation_alpha_outside_0_1(b, tmp):
+    return distilled(b, tmp, {"ner": str(b["previous"])}, alpha=1.5), ["distillation.alpha", "[0, 1]", "1.5"]
+
+
+def case_distillation_temperature_not_positive(b, tmp):
+    return distilled(b, tmp, {"ner": str(b["previous"])}, temperature=0), ["distillation.temperature", "positive"]
+
+
+def case_distillation_teacher_folder_missing(b, tmp):
+    return distilled(b, tmp, {"ner": str(tmp / "teacher")}), ["distillation.teachers.ner", "does not exist"]
+
+
+def case_distillation_teacher_not_a_model(b, tmp):
+    (tmp / "teacher").mkdir()
+    (tmp / "teacher" / "notes.txt").write_text("not a model\n")
+    return distilled(b, tmp, {"ner": str(tmp / "teacher")}), ["distillation.teachers.ner", "not a model folder"]
+
+
+def case_distillation_teacher_for_unknown_task(b, tmp):
+    return distilled(b, tmp, {"intent": str(b["previous"])}), ["distillation.teachers.intent", "no task 'intent'"]
+
+
+def case_distillation_self_from_plain_encoder(b, tmp):
+    return distilled(b, tmp, {"ner": "self"}), ["distillation.teachers.ner", '"self"', "plain encoder"]
+
+
+def case_distillation_teacher_with_other_labels(b, tmp):
+    from transformers import AutoModelForTokenClassification
+
+    from conftest import tiny_encoder_config
+
+    labels = ["O", "B-MISC", "I-MISC"]
+    config = tiny_encoder_config(num_labels=3, id2label=dict(enumerate(labels)),
+                                 label2id={label: index for index, label in enumerate(labels)})
+    config.architectures = ["BertForTokenClassification"]
+    AutoModelForTokenClassification.from_config(config).save_pretrained(tmp / "teacher")
+    return distilled(b, tmp, {"ner": str(tmp / "teacher")}), [
+        "distillation.teachers.ner", "other labels", "teacher ['O', 'B-MISC', 'I-MISC']", "task ['O', 'B-LOC'"]
+
+
 CASES = {name[len("case_"):]: function for name, function in globals().items() if name.startswith("case_")}
 # Cases whose run gets as far as the model and the Trainer (seconds each, not seconds' fractions): marked `training`.
 TRAINING_CASES = {

@@ -25,7 +25,9 @@ class PreparedData:
     """
     What a run trains and evaluates on, with its tasks resolved; `summary` is meant for the run log. `train` is the
     one data set's train split or, when several are mixed, their concatenation, from which `train_mixture` draws
-    every epoch's rows (`MultiTaskTrainer(train_mixture=...)` samples them).
+    every epoch's rows (`MultiTaskTrainer(train_mixture=...)` samples them). `eval_only`: data set name -> its task
+    names, for each data set of a training run without a train split (its tasks need labels from their `labels` key or
+    a reused head): they are evaluated, never trained on gold labels (a teacher can train them, on other rows).
     """
 
     tasks: list[Task]
@@ -35,6 +37,7 @@ class PreparedData:
     sampling_probabilities: dict[str, float]
     summary: list[str] = field(default_factory=list)
     train_mixture: TrainMixture | None = None
+    eval_only: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def label_lists(self) -> dict:
@@ -56,6 +59,7 @@ def prepare_datasets(
     num_proc: int | None = None,
     splits=SPLITS,
     trained_tasks: dict | None = None,
+    with_word_starts: bool = False,
 ) -> PreparedData:
     """
     Read every data set the tasks name, check it, resolve each task (labels, class weights, target scale), encode it.
@@ -65,7 +69,9 @@ def prepare_datasets(
     validation and test splits are concatenated. `trained_tasks`: name -> task dict of the trained model a run
     continues from; a task of that name reuses its head (and label list) unless it sets `reinit_head`. A task's labels
     come, in this order, from its `labels` key, the reused head, the column's `ClassLabel` names, or the train split
-    (sorted; `O` first for tags). Every bad input raises one `ConfigError` / `DataError` before anything is encoded.
+    (sorted; `O` first for tags). `with_word_starts`: every row gets its `word_start_mask` even when no task's head
+    needs it (distilling a token task scores the words of rows that have no labels). Every bad input raises one
+    `ConfigError` / `DataError` before anything is encoded.
     """
     check_dataset_specs(datasets)
     tasks = parse_tasks(tasks, datasets)
@@ -83,11 +89,12 @@ def prepare_datasets(
             name, datasets[name], group, wheres, splits, summary, base_dir=base_dir,
             validation_split_percentage=validation_split_percentage, seed=seed, num_proc=num_proc,
         )
+    eval_only = eval_only_data_sets(normalized, groups, splits)
     tasks, groups = resolve_labels(tasks, groups, normalized, trained_heads, wheres)
     encoded = {
         name: encode_data_set(
             name, by_split, groups[name], tasks, tokenizer, splits, summary, max_seq_length=max_seq_length,
-            label_all_tokens=label_all_tokens, num_proc=num_proc,
+            label_all_tokens=label_all_tokens, num_proc=num_proc, with_word_starts=with_word_starts,
         )
         for name, by_split in normalized.items()
     }
@@ -96,7 +103,7 @@ def prepare_datasets(
     probabilities, train, train_mixture = mix_train_sets(train_sets, task_sampling, sampling_temperature, seed, summary)
     return PreparedData(
         tasks=tasks, train=train, validation=concatenated(encoded, "validation"), test=concatenated(encoded, "test"),
-        sampling_probabilities=probabilities, summary=summary, train_mixture=train_mixture,
+        sampling_probabilities=probabilities, summary=summary, train_mixture=train_mixture, eval_only=eval_only,
     )
 
 
@@ -126,7 +133,7 @@ def resolve_labels(tasks: list, groups: dict, normalized: dict, trained_heads: d
 
 
 def encode_data_set(name, by_split, group, tasks, tokenizer, splits, summary, *, max_seq_length, label_all_tokens,
-                    num_proc) -> dict:
+                    num_proc, with_word_starts=False) -> dict:
     """Split -> encoded rows of one data set's normalized splits (those the run uses), with `<task>_labels` for every
     task of the run; unknown labels and truncation are reported."""
     report_unknown_labels(name, by_split, group, summary)
@@ -142,7 +149,7 @@ def encode_data_set(name, by_split, group, tasks, tokenizer, splits, summary, *,
             label_all_tokens=label_all_tokens,
             with_eval_columns=split != "train",
             with_pair_words=any(task.input_columns[2] is not None for task in tasks),
-            with_word_starts=any(task.needs_word_starts for task in tasks),
+            with_word_starts=with_word_starts or any(task.needs_word_starts for task in tasks),
             towers=run_towers(tasks),
             num_proc=num_proc,
             desc=f"Tokenizing {name} {split}",
@@ -278,9 +285,18 @@ def read_and_normalize(
             names = class_label_names(rows.features[task.target_column]) if task.target_column in rows.features else None
             if task.labels is None and names is not None and task.takes_labels:
                 task = group[index] = dataclasses.replace(task, labels=tuple(names))
-    carve = "validation" in splits and "validation" not in raw and validation_split_percentage > 0
-    needs_train = "train" in splits or carve or any(task.labels is None and task.takes_labels for task in group)
     where = spec.get("path") or spec.get("data_files")
+    # No train split at all in a training run: the data set is evaluated only (its tasks keep their reused heads, or
+    # learn from a teacher on the other data sets' rows); an empty train split is still an error below.
+    eval_only = "train" in splits and "train" not in raw
+    if eval_only:
+        check_eval_only_labels(name, where, group, wheres)
+    # Carved from a train split that is there (one that is empty is an error below); a data set without one is
+    # evaluated on the splits it has.
+    carve = "validation" in splits and "validation" not in raw and validation_split_percentage > 0 and "train" in raw
+    needs_train = not eval_only and (
+        "train" in splits or carve or any(task.labels is None and task.takes_labels for task in group)
+    )
     if needs_train and ("train" not in raw or len(raw["train"]) == 0):
         found = ", ".join(f"{split} {len(rows):,}" for split, rows in raw.items()) or "nothing"
         raise DataError(f"data set {name!r} ({where}): the train split is empty or missing (found: {found})")
@@ -319,7 +335,36 @@ def read_and_normalize(
         f"data set {name} ({where}; tasks {', '.join(task.name for task in group)}): "
         + ", ".join(f"{split} {sizes[split]}" for split in SPLITS if split in sizes)
     )
+    if eval_only:
+        evaluated = "are evaluated, not trained" if by_split else "are not trained (the run evaluates none of them)"
+        summary.append(f"data set {name}: no train split: tasks {', '.join(task.name for task in group)} {evaluated}")
     return by_split, group
+
+
+def eval_only_data_sets(normalized: dict, groups: dict, splits) -> dict:
+    """Data set name -> its task names, for the data sets a training run evaluates only (no train split); an error
+    when that is every data set of the run."""
+    eval_only = {name: [task.name for task in groups[name]] for name, by_split in normalized.items()
+                 if "train" in splits and "train" not in by_split}
+    if eval_only and len(eval_only) == len(normalized):
+        found = "; ".join(f"{name}: {', '.join(by_split) or 'no split the run uses'}"
+                          for name, by_split in normalized.items())
+        raise DataError(f"nothing to train: no data set of this run has a train split ({found}); add a data set with a "
+                        "train split, or set do_train false to only evaluate")
+    return eval_only
+
+
+def check_eval_only_labels(name, where, group, wheres) -> None:
+    """The tasks of a data set without a train split need their label lists from elsewhere: their `labels` key or
+    the head they reuse from the trained model the run starts from (a `ClassLabel` column of another split does too)."""
+    unknown = [task for task in group if task.takes_labels and task.labels is None]
+    if unknown:
+        names = ", ".join(f"{wheres[task.name]} ({task.name!r})" for task in unknown)
+        raise DataError(
+            f"data set {name!r} ({where}) has no train split, so its tasks are evaluated, not trained, but the labels "
+            f"of {names} are unknown: they must come from the head of that name in the trained model the run starts "
+            "from (model_name_or_path), or from the task's `labels` key"
+        )
 
 
 def check_tag_scheme(name, spec, group, wheres) -> None:
