@@ -9,8 +9,10 @@ A teacher is an hf_mtl model folder (its head of the same task name), a stock `A
 Teachers run once, before training, over the whole train set (`Teachers.with_logits`), in evaluation mode, without
 gradients and in the run's precision; their logits become columns of the train set (`<task>_teacher_logits`) that the
 collator batches with the labels, and the teachers are released. In evaluation mode a teacher gives the same logits
-every epoch, so this is what running it on every batch would give, once instead of once an epoch (bench/
-distillation_cost.py measures both). Teachers are never saved with the student. How each kind of head turns the
+every epoch, so this is what running it on every batch would give (up to the rounding of other batch shapes in bf16,
+and with left padding the positions of encoders with absolute position embeddings), once instead of once an epoch
+(bench/distillation_cost.py measures both). Every process of a distributed run computes them for the whole train set.
+Teachers are never saved with the student. How each kind of head turns the
 teacher's logits into a loss is the head's `distillation_loss` (`hf_mtl.task_kinds`).
 """
 
@@ -29,15 +31,13 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoMod
 
 from .configuration_mtl import MultiTaskConfig
 from .data.collator import TEACHER_LOGITS_SUFFIX
+from .data.preprocessing import MODEL_INPUTS, TOWER_INPUTS
 from .errors import ConfigError
 from .task_kinds import task_kind
 
 logger = logging.getLogger("hf_mtl.distillation")
 
 SELF = "self"
-# The inputs a teacher reads of the student's batch (an hf_mtl teacher also the bi-encoder towers).
-TEACHER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-TOWER_INPUTS = tuple(f"{tower}_{name}" for tower in ("pair", "negative") for name in TEACHER_INPUTS)
 
 
 @dataclass
@@ -112,7 +112,9 @@ class Teacher:
         self.path, self.model, self.multitask = path, model.eval().requires_grad_(False), multitask
         self.reads = {}  # student task -> (the teacher's output name: its task or None, column order or None)
         accepted = inspect.signature(self.model.forward).parameters
-        self.inputs = [name for name in (*TEACHER_INPUTS, *(TOWER_INPUTS if multitask else ())) if name in accepted]
+        # What it reads of the student's batch: the text's inputs, and an hf_mtl teacher the bi-encoder towers too.
+        towers = [name for names in TOWER_INPUTS.values() for name in names] if multitask else []
+        self.inputs = [name for name in (*MODEL_INPUTS, *towers) if name in accepted]
 
     def logits(self, batch: dict) -> dict:
         outputs = self.model(**{name: batch[name] for name in self.inputs if batch.get(name) is not None})
@@ -199,9 +201,10 @@ def logits_column(rows: list) -> tuple:
     return pa.ListArray.from_arrays(offsets, inner), datasets.List(datasets.List(number, length=width))
 
 
-def load_teachers(settings: DistillationSettings, tasks, model_path: str, tokenizer) -> Teachers:
+def load_teachers(settings: DistillationSettings, tasks, model_path: str, tokenizer, encoder_config) -> Teachers:
     """Each teacher folder loaded once (`"self"` is `model_path`), checked against the tasks it teaches: the same kind,
-    the same labels (in any order: its logits are reordered to the student's), the student's tokenizer."""
+    the same labels (in any order: its logits are reordered to the student's), the student's tokenizer, and for an
+    embedding task the student's embedding size (`encoder_config`: the student's encoder)."""
     by_name = {task.name: task for task in tasks}
     loaded = {}
     for task_name, teacher_name in settings.teachers.items():
@@ -211,7 +214,7 @@ def load_teachers(settings: DistillationSettings, tasks, model_path: str, tokeni
         if key not in loaded:
             loaded[key] = load_teacher(path, where, tokenizer)
         teacher = loaded[key]
-        teacher.reads[task_name] = teacher_reading(teacher, by_name[task_name], where)
+        teacher.reads[task_name] = teacher_reading(teacher, by_name[task_name], where, encoder_config.hidden_size)
     teachers = Teachers(settings, list(loaded.values()))
     logger.info("distillation (alpha %s, temperature %s): %s", settings.alpha, settings.temperature,
                 "; ".join(teachers.describe()))
@@ -224,17 +227,21 @@ def load_teacher(path: str, where: str, tokenizer) -> Teacher:
     except (OSError, ValueError) as error:
         raise ConfigError(f"{where}: {path} is not a model folder ({error})") from None
     check_same_tokenizer(path, config, where, tokenizer)
-    if isinstance(config, MultiTaskConfig):
-        from .loading import load_multitask_model
-
-        return Teacher(path, load_multitask_model(path), multitask=True)
     architectures = config.architectures or []
-    if any(name.endswith("ForTokenClassification") for name in architectures):
-        return Teacher(path, AutoModelForTokenClassification.from_pretrained(path), multitask=False)
-    if any(name.endswith("ForSequenceClassification") for name in architectures):
-        return Teacher(path, AutoModelForSequenceClassification.from_pretrained(path), multitask=False)
-    raise ConfigError(f"{where}: {path} is neither an hf_mtl model nor a sequence or token classifier "
-                      f"(architectures {architectures})")
+    if isinstance(config, MultiTaskConfig):
+        from .loading import load_multitask_model as load
+    elif any(name.endswith("ForTokenClassification") for name in architectures):
+        load = AutoModelForTokenClassification.from_pretrained
+    elif any(name.endswith("ForSequenceClassification") for name in architectures):
+        load = AutoModelForSequenceClassification.from_pretrained
+    else:
+        raise ConfigError(f"{where}: {path} is neither an hf_mtl model nor a sequence or token classifier "
+                          f"(architectures {architectures})")
+    try:
+        model = load(path)
+    except (OSError, ValueError, RuntimeError) as error:  # missing or damaged weights, shapes that do not fit
+        raise ConfigError(f"{where}: cannot load the teacher {path}: {error}") from None
+    return Teacher(path, model, multitask=isinstance(config, MultiTaskConfig))
 
 
 def check_same_tokenizer(path: str, config, where: str, tokenizer) -> None:
@@ -246,15 +253,18 @@ def check_same_tokenizer(path: str, config, where: str, tokenizer) -> None:
             raise ConfigError(f"{where}: {path}'s vocabulary ({encoder.vocab_size} tokens) is not the student's "
                               f"({len(tokenizer)}); a teacher reads the student's token ids")
         return
-    teacher_vocab = AutoTokenizer.from_pretrained(path).get_vocab()
+    try:
+        teacher_vocab = AutoTokenizer.from_pretrained(path).get_vocab()
+    except (OSError, ValueError, TypeError) as error:
+        raise ConfigError(f"{where}: cannot load the tokenizer of the teacher {path}: {error}") from None
     if teacher_vocab != tokenizer.get_vocab():
         raise ConfigError(f"{where}: {path} has another tokenizer than the student ({len(teacher_vocab)} vs "
                           f"{len(tokenizer)} tokens, or other ids); a teacher reads the student's token ids")
 
 
-def teacher_reading(teacher: Teacher, task, where: str) -> tuple:
+def teacher_reading(teacher: Teacher, task, where: str, hidden_size: int) -> tuple:
     """`(output name, column order)` of the teacher's logits for the student's `task`, after checking that the
-    teacher predicts the same thing."""
+    teacher predicts the same thing (an embedding of the student's `hidden_size` for a similarity task)."""
     if teacher.multitask:
         heads = {head["name"]: head for head in teacher.model.config.tasks}
         if task.name not in heads:
@@ -272,6 +282,9 @@ def teacher_reading(teacher: Teacher, task, where: str) -> tuple:
     if kind != task.kind:
         raise ConfigError(f"{where}: the teacher {teacher.path} predicts a {kind} task, and {task.name!r} is "
                           f"{task.kind}")
+    if teacher.multitask and task.encodes_pair_separately and teacher.model.config.encoder.hidden_size != hidden_size:
+        raise ConfigError(f"{where}: the teacher {teacher.path} embeds in {teacher.model.config.encoder.hidden_size} "
+                          f"dimensions, the student in {hidden_size}")
     if task.labels is None or labels is None:
         return output_name, None
     student = list(task.labels)

@@ -479,8 +479,8 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         negative_attention_mask=None,
         negative_token_type_ids=None,
         teacher_logits: dict | None = None,
-        distillation_alpha: float = 0.5,
-        distillation_temperature: float = 2.0,
+        distillation_alpha: float | None = None,
+        distillation_temperature: float | None = None,
         **labels,
     ):
         r"""
@@ -503,15 +503,19 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             `negative_*` inputs likewise hold a hard negative per row. Pooled as `embed()` pools.
         teacher_logits (`dict`, *optional*):
             Task name -> a teacher's logits of the batch, shaped as this model's logits of the task: those tasks are
-            distilled (knowledge distillation). A distilled task's loss is `(1 - distillation_alpha) * gold loss` plus
-            the head's `distillation_loss`: on rows with a gold label `distillation_alpha` times the distillation term,
-            on rows without it the term alone (the teacher then is the task's only signal). Terms: KL of the
+            distilled (knowledge distillation). A distilled task's loss (the head's `distillation_loss`) is, averaged
+            over its units (rows; words of a token task), `(1 - distillation_alpha) * gold loss +
+            distillation_alpha * distillation term` where the unit has a gold label and the term alone where it has
+            none (the teacher then is the task's only signal). Terms: KL of the
             softmaxes softened by `distillation_temperature`, times its square (single-label; token heads per word,
             a CRF on its emissions), binary cross-entropy against the teacher's sigmoids (multi-label), squared
             error on the standardised scale (regression), mean squared error of the embeddings (similarity).
         """
         unknown = [key for key in labels if not key.endswith(LABELS_SUFFIX) or key[: -len(LABELS_SUFFIX)] not in self.heads]
         unknown += [f"teacher_logits[{name!r}]" for name in teacher_logits or {} if name not in self.heads]
+        if teacher_logits and (distillation_alpha is None or distillation_temperature is None):
+            raise TypeError("MultiTaskModel.forward(): teacher_logits needs distillation_alpha and "
+                            "distillation_temperature (the `distillation` config key's alpha and temperature)")
         if unknown:
             raise TypeError(
                 f"MultiTaskModel.forward() got unexpected keyword arguments {unknown}; "
@@ -540,11 +544,11 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             predictions = self.decode(logits, word_start_mask) or None
         return MultiTaskOutput(loss=loss, logits=logits, task_losses=task_losses or None, predictions=predictions)
 
-    def _task_loss(self, index: int, name: str, logits, task_labels, teacher_logits=None, alpha=0.5, temperature=2.0,
+    def _task_loss(self, index: int, name: str, logits, task_labels, teacher_logits=None, alpha=None, temperature=None,
                    **loss_kwargs) -> tuple:
         """`(the task's own loss, its weighted share of the total)`; without labels (and teacher) exactly 0, with the
-        head still in the graph (a zero gradient) when other tasks are labelled. With a teacher's logits, the gold
-        part is scaled by `1 - alpha` and the head's distillation loss added (see `forward`)."""
+        head still in the graph (a zero gradient) when other tasks are labelled. With a teacher's logits, the head's
+        `distillation_loss` mixes the gold loss with the teacher's term (see `forward`)."""
         head = self.heads[name]
         if task_labels is None:
             task_loss, has_labels = head.unlabelled_loss(logits), False
@@ -557,11 +561,10 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
             if self.config.loss_reduction == "per_row":
                 # Scaled by the share of the batch's rows it labels (task_losses keep the task's own mean).
                 weighted = task_loss * (labelled.sum() / labelled.numel()).to(task_loss.dtype)
-        if teacher_logits is not None:
-            distilled = head.distillation_loss(logits, teacher_logits, task_labels, alpha, temperature,
-                                               word_start_mask=loss_kwargs.get("word_start_mask"))
-            task_loss, weighted = (1 - alpha) * task_loss + distilled, (1 - alpha) * weighted + distilled
-            has_labels = True  # the teacher labels every row
+        if teacher_logits is not None:  # every row has a target now: the per-unit mix, nothing to rescale
+            task_loss = weighted = head.distillation_loss(logits, teacher_logits, task_labels, task_loss, alpha,
+                                                          temperature, word_start_mask=loss_kwargs.get("word_start_mask"))
+            has_labels = True
         if self.task_log_variances is None:
             return task_loss, self.config.loss_weights.get(name, 1.0) * weighted
         # Kendall et al. 2018: exp(-s) L + s/2, with s = log(sigma^2) learned; absent tasks add nothing.

@@ -150,22 +150,27 @@ class TaskHead(nn.Module):
         against a teacher's logits of the same shape, and which units count (bool, the same shape)."""
         raise NotImplementedError
 
-    def distillation_loss(self, logits, teacher_logits, labels=None, alpha: float = 0.5, temperature: float = 2.0,
+    def distillation_loss(self, logits, teacher_logits, labels, gold_loss, alpha: float, temperature: float,
                           word_start_mask=None):
         """
-        The mean over the scored units of `w * distillation term`, `w` = `alpha` on rows with a gold label and 1 on
-        rows without. Added to `(1 - alpha) * gold loss`, it gives a task `(1 - alpha) * gold + alpha * teacher` on
-        labelled rows and the teacher alone where the task has no data. Exactly 0 (head in the graph) when nothing
-        is scored.
+        The task's loss with a teacher, per scored unit (a row; a word for token heads): `(1 - alpha) * gold +
+        alpha * distillation term` on units with a gold label, the term alone on the others, averaged over the
+        units. `gold_loss` (the head's `loss`, a mean over the gold units) stands for the gold part, scaled by the
+        gold units' share of the units. Exactly 0 (head in the graph) when nothing is scored.
         """
         losses, scored = self.distillation_terms(logits, teacher_logits.to(logits.device), temperature, labels,
                                                  word_start_mask)
         if not scored.any():
             return self.unlabelled_loss(logits)
-        gold = self.labelled_rows(labels.to(logits.device)) if labels is not None else scored.new_zeros(len(logits))
-        weights = torch.where(gold, alpha, 1.0).to(losses.dtype).reshape(-1, *[1] * (losses.dim() - 1))
-        return (losses * weights)[scored].sum() / scored.sum()
+        gold = self.gold_units(labels.to(logits.device)) & scored if labels is not None else \
+            torch.zeros_like(scored)
+        weights = torch.where(gold, alpha, 1.0).to(losses.dtype)
+        share = gold.sum() / scored.sum()
+        return (1 - alpha) * gold_loss * share + (losses * weights)[scored].sum() / scored.sum()
 
+    def gold_units(self, labels):
+        """Which of the units the distillation terms are computed on (rows; tokens for token heads) have gold."""
+        return self.labelled_rows(labels)
 
 @register_task_kind
 class SingleLabelClassificationHead(TaskHead):
@@ -264,6 +269,9 @@ class TokenClassificationHead(SingleLabelClassificationHead):
         loss = super().unlabelled_loss(logits)
         # The CRF's scores stay in the graph too, so DDP sees a gradient (zero) for every parameter.
         return loss if self.crf is None else loss + sum(parameter.sum() for parameter in self.crf.parameters()) * 0.0
+
+    def gold_units(self, labels):
+        return labels != -100
 
     def distillation_terms(self, logits, teacher_logits, temperature, labels=None, word_start_mask=None):
         """Per word: the KL at each word's first sub-token (for a CRF, of its emission scores), the words of

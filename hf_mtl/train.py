@@ -361,14 +361,15 @@ def main(argv=None):
             model_path, encoder_config, tokenizer, previous_config = load_encoder_and_tokenizer(model_args, data_args)
             distillation = distillation_settings(training_args, parsed_tasks, model_path, previous_config)
             tasks, data = load_data(data_args, training_args, tokenizer, parsed_tasks, previous_config)
-            teachers = load_teachers(distillation, tasks, model_path, tokenizer) if distillation else None
             train_dataset, eval_dataset, test_dataset, train_mixture = limit_samples(data, data_args)
 
             with whole_weights_at_load(training_args):  # DeepSpeed ZeRO-3 shards at training start, not at load
                 model = build_model(model_args, model_path, encoder_config, tasks, previous_config)
+                teachers = load_teachers(distillation, tasks, model_path, tokenizer, model.config.encoder) \
+                    if distillation else None
             if training_args.lora:  # adapters on the encoder, heads trained fully
                 add_lora(model, LoraSettings(**training_args.lora), model_path)
-            callbacks = freeze_model(model, training_args, untaught_heads(data, teachers))
+            callbacks = freeze_model(model, training_args, *eval_only_heads(data, teachers, tasks, previous_config))
             log_run_summary(model_args, training_args, model, tasks, data, previous_config)
 
             trainer, push_to_hub, hub_model_id = build_trainer(
@@ -545,16 +546,25 @@ def limit_samples(data, data_args):
     return train_dataset, eval_dataset, test_dataset, train_mixture
 
 
-def untaught_heads(data, teachers) -> list:
-    """The tasks of eval-only data sets that no teacher trains: nothing trains their heads (AdamW's weight decay
-    would only shrink them), so they are frozen."""
+def eval_only_heads(data, teachers, tasks, previous_config) -> tuple:
+    """`(untaught, taught)`: the tasks of eval-only data sets without a teacher (nothing trains their heads, and AdamW's
+    weight decay would only shrink them: frozen) and with one (trained on its logits alone). An eval-only task without
+    a teacher must continue a trained head: a new one would be scored as it was drawn."""
     taught = teachers.tasks if teachers is not None else ()
-    return [task for tasks in data.eval_only.values() for task in tasks if task not in taught]
+    eval_only = [task for names in data.eval_only.values() for task in names]
+    reused = reused_task_names(tasks, previous_config)
+    for index, task in enumerate(tasks):
+        if task.name in eval_only and task.name not in taught and task.name not in reused:
+            raise ConfigError(
+                f"tasks[{index}]: data set {task.dataset!r} has no train split, and task {task.name!r} has neither a "
+                "trained head to continue (model_name_or_path) nor a teacher (distillation): nothing would train it"
+            )
+    return [task for task in eval_only if task not in taught], [task for task in eval_only if task in taught]
 
 
-def freeze_model(model, training_args, untaught=()) -> list:
-    """Freeze what the config freezes, and the heads of `untaught` tasks; the callbacks of gradual unfreezing, if
-    scheduled."""
+def freeze_model(model, training_args, untaught=(), taught=()) -> list:
+    """Freeze what the config freezes, the heads of `untaught` tasks and the CRF transitions of `taught` ones (a
+    teacher's logits train emissions only); the callbacks of gradual unfreezing, if scheduled."""
     configured = list(training_args.freeze_heads or ())
     untaught = [name for name in untaught if name not in configured and any(True for _ in model.heads[name].parameters())]
     if untaught and training_args.do_train:
@@ -563,6 +573,9 @@ def freeze_model(model, training_args, untaught=()) -> list:
         model, freeze_encoder=training_args.freeze_encoder, freeze_embeddings=training_args.freeze_embeddings,
         freeze_layers=training_args.freeze_layers, freeze_heads=configured + untaught,
     )
+    for name in taught:
+        if getattr(model.heads[name], "crf", None) is not None:
+            model.heads[name].crf.requires_grad_(False)
     if training_args.do_train and not any(parameter.requires_grad for parameter in model.parameters()):
         raise ConfigError("the whole network is frozen: run with do_eval/do_predict only (do_train false)")
     if not training_args.unfreeze_schedule:
@@ -834,7 +847,7 @@ def training_settings(model_config, data_args, training_args) -> dict:
         "freeze_heads": training_args.freeze_heads,
         "unfreeze_schedule": training_args.unfreeze_schedule,
         "lora": training_args.lora,
-        "distillation": training_args.distillation,
+        "distillation": training_args.distillation if training_args.do_train else None,
         "bf16": training_args.bf16 or None,
         "seed": training_args.seed,
     }

@@ -183,11 +183,10 @@ class MultiTaskTrainer(LoraCheckpointMixin, DistributedTrainerMixin, Trainer):
             for name, task_loss in outputs["task_losses"].items():
                 # Averaged over the batches that held labels (or a teacher) for the task, so mixed runs are not
                 # diluted by zeros.
-                taught = name in self.taught_tasks
-                labelled = heads[name].labelled_rows(inputs[f"{name}_labels"]).any().float() + taught
-                labelled = labelled.clamp(max=1)
+                labelled = heads[name].labelled_rows(inputs[f"{name}_labels"]).any().float()
+                counted = torch.ones_like(labelled) if name in self.taught_tasks else labelled
                 total, batches = self._task_loss_sums.get(name, (0.0, 0.0))
-                self._task_loss_sums[name] = (total + task_loss.detach() * labelled, batches + labelled)
+                self._task_loss_sums[name] = (total + task_loss.detach() * counted, batches + counted)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, start_time=None):

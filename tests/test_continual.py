@@ -10,7 +10,7 @@ from train_fixtures import NER_LABELS, TOPICS, joint_config, run_config, weights
 
 import hf_mtl.train as train_module
 from hf_mtl.data import prepare_datasets
-from hf_mtl.errors import DataError
+from hf_mtl.errors import ConfigError, DataError
 from hf_mtl.evaluate_model import evaluate_model
 from hf_mtl.reports import DRIFT_TITLE
 
@@ -250,3 +250,29 @@ def test_eval_only_heads_are_frozen_unless_a_teacher_trains_them(tmp_path, start
     assert all(not torch.equal(runs["taught"][name], start[name]) for name in old_heads)
     history = json.loads((tmp_path / "taught" / "trainer_state.json").read_text())["log_history"]
     assert any("loss_topic" in entry and "loss_ner" in entry for entry in history)  # the teachers' terms, logged
+
+
+@pytest.mark.training
+def test_a_new_eval_only_task_without_a_teacher_is_an_error(tmp_path, start_model, old_dir, new_dir):
+    """A task of a data set without a train split that does not continue a trained head (here `reinit_head`) and has
+    no teacher would be scored as its random head was drawn."""
+    config = continual_config(start_model[0], old_dir, new_dir, tmp_path / "out", do_predict=False)
+    config["tasks"][0] = {**config["tasks"][0], "reinit_head": True, "labels": TOPICS}
+    with pytest.raises(ConfigError, match=r"tasks\[0\]: data set 'old' has no train split, and task 'topic' has "
+                                          r"neither a trained head to continue .* nor a teacher"):
+        run_config(config, tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_taught_eval_only_crf_head_keeps_its_transitions(tmp_path):
+    """A teacher's logits train a CRF head's emissions only: its transitions freeze (weight decay would shrink them)."""
+    from conftest import TOPIC_NER_TASKS, tiny_model
+
+    from hf_mtl.train import MultiTaskTrainingArguments, freeze_model
+
+    model = tiny_model([TOPIC_NER_TASKS[0], {**TOPIC_NER_TASKS[1], "crf": True}])
+    arguments = MultiTaskTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    freeze_model(model, arguments, untaught=["topic"], taught=["ner"])
+    assert not any(parameter.requires_grad for parameter in model.heads["topic"].parameters())
+    assert not any(parameter.requires_grad for parameter in model.heads["ner"].crf.parameters())
+    assert model.heads["ner"].classifier.weight.requires_grad

@@ -27,26 +27,40 @@ def sigmoid(value):
     return 1 / (1 + math.exp(-value))
 
 
+def teacher_term(head, student, teacher, temperature=2.0, word_start_mask=None):
+    """A head's distillation loss on rows without gold labels: the teacher's term alone."""
+    return head.distillation_loss(student, teacher, None, 0.0, 0.5, temperature, word_start_mask=word_start_mask)
+
+
+def cross_entropy(logits, label):
+    return -math.log(softmax(logits)[label])
+
+
+STUDENT_ENCODER = tiny_encoder_config()  # the students' encoder in the teachers' checks
 STUDENT_ROWS = [[1.0, 2.0, 0.0], [0.5, -1.0, 2.0]]
 TEACHER_ROWS = [[0.0, 1.0, 3.0], [2.0, 0.0, -1.0]]
 
 
 def test_single_label_term_is_the_softened_kl_times_t_squared_averaged_over_rows():
     head = tiny_model().heads["topic"]
-    loss = head.distillation_loss(torch.tensor(STUDENT_ROWS), torch.tensor(TEACHER_ROWS), temperature=2.0)
+    loss = teacher_term(head, torch.tensor(STUDENT_ROWS), torch.tensor(TEACHER_ROWS), temperature=2.0)
     expected = sum(kl_times_t2(s, t, 2.0) for s, t in zip(STUDENT_ROWS, TEACHER_ROWS)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    same = head.distillation_loss(torch.tensor(TEACHER_ROWS), torch.tensor(TEACHER_ROWS), temperature=2.0)
+    same = teacher_term(head, torch.tensor(TEACHER_ROWS), torch.tensor(TEACHER_ROWS), temperature=2.0)
     assert same.item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_alpha_weighs_the_teacher_on_gold_rows_only():
-    """Row 0 has a gold label (teacher weight alpha), row 1 has none (weight 1)."""
+def test_alpha_mixes_gold_and_teacher_per_row():
+    """Row 0 has a gold label: (1 - alpha) * its cross-entropy + alpha * its KL; row 1 has none: its KL alone; the
+    task's loss is their mean."""
     head = tiny_model().heads["topic"]
-    loss = head.distillation_loss(torch.tensor(STUDENT_ROWS), torch.tensor(TEACHER_ROWS), torch.tensor([2, -100]),
-                                  alpha=0.25, temperature=1.0)
+    student, labels = torch.tensor(STUDENT_ROWS), torch.tensor([2, -100])
+    gold_loss = head.loss(student, labels)  # the mean over the gold rows: row 0's cross-entropy
+    assert gold_loss.item() == pytest.approx(cross_entropy(STUDENT_ROWS[0], 2), rel=1e-6)
+    loss = head.distillation_loss(student, torch.tensor(TEACHER_ROWS), labels, gold_loss, 0.25, 1.0)
     terms = [kl_times_t2(s, t, 1.0) for s, t in zip(STUDENT_ROWS, TEACHER_ROWS)]
-    assert loss.item() == pytest.approx((0.25 * terms[0] + terms[1]) / 2, rel=1e-5)
+    expected = ((0.75 * cross_entropy(STUDENT_ROWS[0], 2) + 0.25 * terms[0]) + terms[1]) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("crf", [False, True])
@@ -58,7 +72,7 @@ def test_token_term_is_per_word_at_first_subtokens(crf):
     student = torch.tensor([[[1.0, 0.0, 0.0, 2.0, 0.0], [5.0, 1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 2.0, 0.0, 0.0]]])
     teacher = torch.tensor([[[0.0, 0.0, 3.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 1.0, 0.0]]])
     starts = torch.tensor([[1, 0, 1]])
-    loss = head.distillation_loss(student, teacher, temperature=3.0, word_start_mask=starts)
+    loss = teacher_term(head, student, teacher, temperature=3.0, word_start_mask=starts)
     expected = (kl_times_t2(student[0, 0].tolist(), teacher[0, 0].tolist(), 3.0)
                 + kl_times_t2(student[0, 2].tolist(), teacher[0, 2].tolist(), 3.0)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -68,7 +82,7 @@ def test_multi_label_term_is_bce_against_the_teachers_sigmoids():
     task = {"name": "labels_set", "type": "sequence_classification", "problem_type": "multi_label_classification",
             "labels": ["a", "b", "c"]}
     head = tiny_model([task]).heads["labels_set"]
-    loss = head.distillation_loss(torch.tensor(STUDENT_ROWS), torch.tensor(TEACHER_ROWS), temperature=5.0)
+    loss = teacher_term(head, torch.tensor(STUDENT_ROWS), torch.tensor(TEACHER_ROWS), temperature=5.0)
     def bce(s, t):
         return -(sigmoid(t) * math.log(sigmoid(s)) + (1 - sigmoid(t)) * math.log(1 - sigmoid(s)))
 
@@ -79,7 +93,7 @@ def test_multi_label_term_is_bce_against_the_teachers_sigmoids():
 def test_regression_term_is_the_squared_difference_on_the_standardised_scale():
     head = tiny_model([{"name": "score", "type": "sequence_classification", "problem_type": "regression",
                         "target_mean": 3.0, "target_std": 2.0}]).heads["score"]
-    loss = head.distillation_loss(torch.tensor([[1.0], [4.0]]), torch.tensor([[2.0], [1.0]]))
+    loss = teacher_term(head, torch.tensor([[1.0], [4.0]]), torch.tensor([[2.0], [1.0]]))
     assert loss.item() == pytest.approx((((1 - 2) / 2) ** 2 + ((4 - 1) / 2) ** 2) / 2, rel=1e-6)
 
 
@@ -87,7 +101,7 @@ def test_similarity_term_is_the_mse_of_the_texts_embeddings():
     head = tiny_model([{"name": "sim", "type": "sentence_similarity"}]).heads["sim"]
     student = torch.tensor([[[1.0, 2.0], [9.0, 9.0]], [[0.0, 0.0], [9.0, 9.0]]])  # [rows, towers, hidden]
     teacher = torch.tensor([[[0.0, 2.0], [0.0, 0.0]], [[1.0, -1.0], [0.0, 0.0]]])
-    loss = head.distillation_loss(student, teacher)
+    loss = teacher_term(head, student, teacher)
     # Only the row's own text (tower 0): row 0 (1 + 0) / 2, row 1 (1 + 1) / 2.
     assert loss.item() == pytest.approx((0.5 + 1.0) / 2, rel=1e-6)
 
@@ -99,24 +113,29 @@ def batch_of(model, rows=4, length=6, seed=0):
             "word_start_mask": torch.ones_like(input_ids)}
 
 
-def test_forward_mixes_gold_and_teacher_per_task():
-    model = tiny_model()
+@pytest.mark.parametrize("loss_reduction", ["per_task", "per_row"])
+def test_forward_mixes_gold_and_teacher_per_row(loss_reduction):
+    """Rows 0 and 2 have a topic label, rows 1 and 3 none: the topic loss is the mean over the 4 rows of
+    (1 - alpha) * cross-entropy + alpha * KL on labelled rows and KL alone on the others, under either reduction;
+    the NER task, without a teacher, keeps its gold loss."""
+    model = tiny_model(loss_reduction=loss_reduction)
     batch = batch_of(model)
-    labels = {"topic_labels": torch.tensor([0, 1, 2, 0]), "ner_labels": torch.full((4, 6), -100)}
+    labels = {"topic_labels": torch.tensor([0, -100, 2, -100]), "ner_labels": torch.full((4, 6), -100)}
     labels["ner_labels"][:2] = torch.tensor([0, 1, 2, 0, 3, 4])
     plain = model(**batch, **labels)
     teacher = {"topic": torch.randn(4, 3, generator=torch.Generator().manual_seed(1))}
     distilled = model(**batch, **labels, teacher_logits=teacher, distillation_alpha=0.4, distillation_temperature=2.0)
-    term = model.heads["topic"].distillation_loss(plain.logits["topic"], teacher["topic"], labels["topic_labels"],
-                                                  alpha=0.4, temperature=2.0)
-    assert distilled.task_losses["topic"].item() == pytest.approx(0.6 * plain.task_losses["topic"].item() + term.item(),
-                                                                  rel=1e-5)
+    student, teacher_rows = plain.logits["topic"].tolist(), teacher["topic"].tolist()
+    per_row = [kl_times_t2(s, t, 2.0) for s, t in zip(student, teacher_rows)]
+    per_row[0] = 0.6 * cross_entropy(student[0], 0) + 0.4 * per_row[0]
+    per_row[2] = 0.6 * cross_entropy(student[2], 2) + 0.4 * per_row[2]
+    assert distilled.task_losses["topic"].item() == pytest.approx(sum(per_row) / 4, rel=1e-5)
     assert distilled.task_losses["ner"].item() == pytest.approx(plain.task_losses["ner"].item(), rel=1e-6)
-    # A teacher that agrees with the student leaves only (1 - alpha) of the gold loss.
-    agreeing = model(**batch, **labels, teacher_logits={"topic": plain.logits["topic"]}, distillation_alpha=0.4)
-    assert agreeing.task_losses["topic"].item() == pytest.approx(0.6 * plain.task_losses["topic"].item(), rel=1e-5)
     with pytest.raises(TypeError, match="teacher_logits\\['intent'\\]"):
-        model(**batch, **labels, teacher_logits={"intent": teacher["topic"]})
+        model(**batch, **labels, teacher_logits={"intent": teacher["topic"]}, distillation_alpha=0.4,
+              distillation_temperature=2.0)
+    with pytest.raises(TypeError, match="teacher_logits needs distillation_alpha and distillation_temperature"):
+        model(**batch, **labels, teacher_logits=teacher)
 
 
 def test_a_task_without_gold_rows_is_trained_by_its_teacher_alone():
@@ -131,8 +150,7 @@ def test_a_task_without_gold_rows_is_trained_by_its_teacher_alone():
     teacher = {"topic": torch.tensor([[4.0, 0.0, 0.0]] * 4)}
     torch.manual_seed(0)
     outputs = model(**batch, **labels, teacher_logits=teacher, distillation_alpha=0.5, distillation_temperature=1.0)
-    term = model.heads["topic"].distillation_loss(outputs.logits["topic"], teacher["topic"], labels["topic_labels"],
-                                                  temperature=1.0)
+    term = teacher_term(model.heads["topic"], outputs.logits["topic"], teacher["topic"], temperature=1.0)
     assert outputs.task_losses["topic"].item() == pytest.approx(term.item(), rel=1e-6)  # the teacher's term alone
     outputs.loss.backward()
     assert model.heads["topic"].classifier.weight.grad.abs().max() > 0
@@ -208,7 +226,7 @@ def test_teacher_with_other_labels_names_both_lists(tmp_path, tokenizer):
     settings = DistillationSettings(teachers={"ner": str(tmp_path / "stock")})
     with pytest.raises(ConfigError, match=r"other labels than the task 'ner': teacher \['O', 'B-PER', 'I-PER', 'B-ORG', "
                                           r"'I-ORG'\], task \['O', 'B-PER', 'I-PER', 'B-LOC', 'I-LOC'\]"):
-        load_teachers(settings, run_tasks("ner"), "unused", tokenizer)
+        load_teachers(settings, run_tasks("ner"), "unused", tokenizer, STUDENT_ENCODER)
 
 
 def test_stock_teacher_logits_come_in_the_students_label_order(tmp_path, tokenizer):
@@ -224,7 +242,7 @@ def test_stock_teacher_logits_come_in_the_students_label_order(tmp_path, tokeniz
     stock.save_pretrained(tmp_path / "stock")
     tokenizer.save_pretrained(tmp_path / "stock")
     teachers = load_teachers(DistillationSettings(teachers={"topic": str(tmp_path / "stock")}), run_tasks("topic"),
-                             "unused", tokenizer)
+                             "unused", tokenizer, STUDENT_ENCODER)
     batch = batch_of(None)
     logits = teachers(batch)["topic"]
     with torch.no_grad():
@@ -244,7 +262,7 @@ def test_stock_teacher_of_another_kind_is_refused(tmp_path, tokenizer):
     with pytest.raises(ConfigError,
                        match=r"predicts a single_label_classification task, and 'ner' is token_classification"):
         load_teachers(DistillationSettings(teachers={"ner": str(tmp_path / "stock")}), run_tasks("ner"), "unused",
-                      tokenizer)
+                      tokenizer, STUDENT_ENCODER)
 
 
 def test_self_teacher_is_the_starting_weights_in_evaluation_mode(trained_folder, tokenizer):
@@ -252,7 +270,7 @@ def test_self_teacher_is_the_starting_weights_in_evaluation_mode(trained_folder,
 
     tokenizer.save_pretrained(trained_folder)
     teachers = load_teachers(DistillationSettings(teachers={"topic": "self", "ner": "self"}),
-                             run_tasks("topic", "ner"), str(trained_folder), tokenizer)
+                             run_tasks("topic", "ner"), str(trained_folder), tokenizer, STUDENT_ENCODER)
     assert len(teachers.teachers) == 1  # one folder, loaded once for both tasks
     batch = batch_of(None)
     starting = MultiTaskModel.from_pretrained(trained_folder).eval()
@@ -273,7 +291,7 @@ def test_a_teacher_with_another_vocabulary_is_refused(tmp_path, tokenizer, train
     MultiTaskModel(config).save_pretrained(small / "multitask")
     with pytest.raises(ConfigError, match=r"vocabulary \(100 tokens\) is not the student's"):
         load_teachers(DistillationSettings(teachers={"topic": str(small / "multitask")}), run_tasks("topic"), "unused",
-                      tokenizer)
+                      tokenizer, STUDENT_ENCODER)
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -292,7 +310,7 @@ def test_precomputed_logits_are_each_rows_teacher_logits(trained_folder, tokeniz
     tokenizer.save_pretrained(trained_folder)
     tasks = run_tasks("topic", "ner")
     teachers = load_teachers(DistillationSettings(teachers={"topic": "self", "ner": "self"}), tasks,
-                             str(trained_folder), tokenizer)
+                             str(trained_folder), tokenizer, STUDENT_ENCODER)
     texts = ("anna visited paris", "omar", "the acme corp board met in new york on monday")
     rows = [dict(tokenizer(text)) for text in texts]
     data = datasets.Dataset.from_list(

@@ -111,7 +111,7 @@ def test_two_processes_distil_from_self(setup, engine):
     output = root / f"two_{engine}"
     config = distilled_config(setup, output, model_name_or_path=str(root / "start"), save_strategy="no",
                               distillation={"teachers": {"topic": "self", "ner": "self"}}, max_steps=4,
-                              per_device_train_batch_size=4, ddp_timeout=120)
+                              per_device_train_batch_size=4, ddp_timeout=120, do_eval=True)
     path = write_config(root, f"two_{engine}", config)
     launcher = accelerate_launch(2) if engine == "ddp" else accelerate_launch(config_file=FSDP_CONFIG)
     result = run_process(launcher + ["run_mtl.py", path], timeout=400)
@@ -119,6 +119,9 @@ def test_two_processes_distil_from_self(setup, engine):
     log = result.stdout + result.stderr
     assert "world size 2" in log and f"topic <- {root / 'start'}" in log
     assert json.loads((output / "trainer_state.json").read_text())["global_step"] == 4
+    # The starting model was scored on both ranks before training (the drift's baseline), its old tasks only.
+    start_scores = json.loads((output / "start_results.json").read_text())
+    assert {"eval_topic_accuracy", "eval_ner_f1"} <= set(start_scores)
     start, final = weights(root / "start"), weights(output)
     assert final.keys() == start.keys()
     assert not torch.equal(start["heads.topic.classifier.weight"], final["heads.topic.classifier.weight"])
