@@ -172,6 +172,7 @@ class TaskHead(nn.Module):
         """Which of the units the distillation terms are computed on (rows; tokens for token heads) have gold."""
         return self.labelled_rows(labels)
 
+
 @register_task_kind
 class SingleLabelClassificationHead(TaskHead):
     """One class per sentence: class-weighted cross-entropy, averaged over the labelled rows (by their weights)."""
